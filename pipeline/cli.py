@@ -54,11 +54,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows.append((f"cv {key}", cva.get(key, "-"), cvb.get(key, "-")))
     for name in sorted(set(a.metrics["eval_sets"]) | set(b.metrics["eval_sets"])):
         for key in ("accuracy", "macro_f1"):
-            rows.append((
-                f"{name} {key}",
-                a.metrics["eval_sets"].get(name, {}).get(key, "-"),
-                b.metrics["eval_sets"].get(name, {}).get(key, "-"),
-            ))
+            rows.append(
+                (
+                    f"{name} {key}",
+                    a.metrics["eval_sets"].get(name, {}).get(key, "-"),
+                    b.metrics["eval_sets"].get(name, {}).get(key, "-"),
+                )
+            )
     width = max(len(r[0]) for r in rows)
     col = max(12, *(len(_fmt(v)) for r in rows for v in r[1:]))
     print(f"{'':{width}}  {'v' + str(a.version):>{col}}  {'v' + str(b.version):>{col}}  delta")

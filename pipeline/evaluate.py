@@ -12,9 +12,7 @@ from service.artifact import write_json
 
 
 def score(y_true: list[str], y_pred: list[str] | np.ndarray, labels: list[str]) -> dict[str, Any]:
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     present = [label for label in labels if label in set(y_true)]
     return {
         "rows": len(y_true),

@@ -72,8 +72,13 @@ def _search(config: TrainConfig, estimator: Any, x: Any, y: list[str]) -> tuple[
         searcher = GridSearchCV(estimator, space, cv=cv, scoring=scoring, n_jobs=N_JOBS)
     else:
         searcher = RandomizedSearchCV(
-            estimator, space, n_iter=config.search.n_iter, cv=cv, scoring=scoring,
-            n_jobs=N_JOBS, random_state=config.split.seed,
+            estimator,
+            space,
+            n_iter=config.search.n_iter,
+            cv=cv,
+            scoring=scoring,
+            n_jobs=N_JOBS,
+            random_state=config.split.seed,
         )
     try:
         searcher.fit(x, y)
@@ -90,14 +95,20 @@ def _search(config: TrainConfig, estimator: Any, x: Any, y: list[str]) -> tuple[
             "rank": int(rank),
         }
         for params, mean, std, rank in zip(
-            results["params"], results["mean_test_score"], results["std_test_score"],
-            results["rank_test_score"], strict=True,
+            results["params"],
+            results["mean_test_score"],
+            results["std_test_score"],
+            results["rank_test_score"],
+            strict=True,
         )
     ]
     best = {k: _plain(v) for k, v in searcher.best_params_.items()}
     return clone(estimator).set_params(**searcher.best_params_), {
-        "method": config.search.method, "metric": config.evaluate.metric, "best_params": best,
-        "best_score": round(float(searcher.best_score_), 4), "table": table,
+        "method": config.search.method,
+        "metric": config.evaluate.metric,
+        "best_params": best,
+        "best_score": round(float(searcher.best_score_), 4),
+        "table": table,
     }
 
 
@@ -114,7 +125,11 @@ def _cross_validate(config: TrainConfig, estimator: Any, data: Dataset) -> dict[
         return None
     cv = StratifiedKFold(folds, shuffle=True, random_state=config.split.seed)
     result = cross_validate(
-        estimator, data.inputs, data.labels, cv=cv, n_jobs=N_JOBS,
+        estimator,
+        data.inputs,
+        data.labels,
+        cv=cv,
+        n_jobs=N_JOBS,
         scoring={"accuracy": "accuracy", "macro_f1": "f1_macro"},
     )
     return {
@@ -176,8 +191,10 @@ def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
     for name, eval_data in eval_sets.items():
         eval_pred = model.predict(eval_data.inputs)
         metrics["eval_sets"][name] = evaluate.score(eval_data.labels, eval_pred, labels)
-        progress(f"eval set {name}: accuracy {metrics['eval_sets'][name]['accuracy']}, "
-                 f"macro-F1 {metrics['eval_sets'][name]['macro_f1']}")
+        progress(
+            f"eval set {name}: accuracy {metrics['eval_sets'][name]['accuracy']}, "
+            f"macro-F1 {metrics['eval_sets'][name]['macro_f1']}"
+        )
     metrics["fit_seconds"] = round(fit_seconds, 3)
 
     golden_idx = test_idx[: config.evaluate.golden_rows]

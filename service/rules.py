@@ -28,8 +28,7 @@ class KeywordRuleModel:
         index = {label: i for i, label in enumerate(self.classes_)}
         self._default = index[self.default_label]
         self._patterns = [
-            (re.compile(rf"\b{re.escape(keyword.lower())}\b"), index[label])
-            for keyword, label in self.rules.items()
+            (re.compile(rf"\b{re.escape(keyword.lower())}\b"), index[label]) for keyword, label in self.rules.items()
         ]
         return self
 
