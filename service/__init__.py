@@ -1,0 +1,1 @@
+"""Switchyard's prediction service: loads one verified model version and answers ``POST /predict``."""

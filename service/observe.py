@@ -1,0 +1,117 @@
+"""Per-request observability as one pure ASGI middleware (cheaper than BaseHTTPMiddleware):
+request id in and out, ``X-Model-Version`` on every response, Prometheus counters and latency
+histograms by route and status, and one JSON log line per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+access_log = logging.getLogger("switchyard.access")
+
+KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/metadata", "/metrics", "/openapi.json", "/docs"})
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, name: str, version: int, sha256: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "switchyard_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "switchyard_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        info = Gauge(
+            "switchyard_model_info",
+            "The model this process serves",
+            ["name", "version", "sha256"],
+            registry=self.registry,
+        )
+        info.labels(name, str(version), sha256).set(1)
+        self.ready = Gauge("switchyard_ready", "1 once the model is loaded and warmed up", registry=self.registry)
+
+
+class PredictionCollector(Collector):
+    """Predictions by label and model calls, read at scrape time from counters the model thread keeps
+    (no per-request Prometheus work on the hot path)."""
+
+    def __init__(self, source: Callable[[], tuple[dict[str, int], int]]) -> None:
+        self.source = source
+
+    def collect(self) -> Any:
+        by_label, batches = self.source()
+        family = CounterMetricFamily("switchyard_predictions", "Predictions by label", labels=["label"])
+        for label, count in by_label.items():
+            family.add_metric([label], count)
+        yield family
+        yield CounterMetricFamily("switchyard_model_calls", "Model calls (one per batch)", value=batches)
+
+
+class Observe:
+    def __init__(self, app: Any, *, metrics: Metrics, model_version: str, log_requests: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.model_header = (b"x-model-version", model_version.encode())
+        self.model_version = model_version
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = b""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value[:128]
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        status = 500
+        extra_headers = [(b"x-request-id", request_id), self.model_header]
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), *extra_headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            path = scope["path"]
+            route = path if path in KNOWN_ROUTES else "other"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            if self.log_requests:
+                access_log.info(
+                    orjson.dumps(
+                        {
+                            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                            "request_id": request_id.decode(errors="replace"),
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "latency_ms": round(elapsed * 1000, 3),
+                            "model_version": self.model_version,
+                            "batch_size": scope.get("switchyard.batch_size"),
+                        }
+                    ).decode()
+                )

@@ -1,0 +1,157 @@
+"""Running the app: sockets, workers, logging and exit codes.
+
+Exit codes: 0 clean shutdown (SIGTERM drains in-flight requests first); 2 bad settings; 3 the artifact
+cannot be served (bad hash, wrong runtime, unpicklable, failed warm-up).
+
+With ``workers > 1`` each worker binds the TCP port itself with SO_REUSEPORT, so the kernel spreads
+connections across workers (a shared accept socket lets one busy process take every keep-alive
+connection). The unix socket, if any, is bound once here and shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+
+from service.settings import ServiceSettings
+
+EXIT_ARTIFACT = 3
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "switchyard.access":
+            return record.getMessage()
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(data).decode()
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # we log one richer line per request ourselves
+
+
+def bind_tcp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_uds(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+        path.unlink()  # a stale socket from an earlier run; a live one would have its own path
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o666)  # the router (nginx, maybe another user or container) must connect
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(settings: ServiceSettings, sockets: list[socket.socket]) -> int:
+    from service.app import create_app
+    from service.artifact import read_manifest
+
+    configure_logging(settings.log_level)
+    app = create_app(settings, read_manifest(settings.model))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    state = app.state.model
+    state.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run(sockets=sockets)
+    if state.failure:
+        return EXIT_ARTIFACT
+    return 0
+
+
+def _child(settings_json: str, uds: socket.socket | None) -> None:
+    settings = ServiceSettings.model_validate_json(settings_json)
+    sockets = [bind_tcp(settings.host, settings.port, reuse_port=True)]
+    if uds is not None:
+        sockets.append(uds)
+    sys.exit(run_worker(settings, sockets))
+
+
+def serve(settings: ServiceSettings) -> int:
+    uds = bind_uds(settings.uds) if settings.uds else None
+    try:
+        if settings.workers == 1:
+            sockets = [bind_tcp(settings.host, settings.port, reuse_port=False)]
+            if uds is not None:
+                sockets.append(uds)
+            return run_worker(settings, sockets)
+        return _supervise(settings, uds)
+    finally:
+        if settings.uds and uds is not None:
+            uds.close()
+            settings.uds.unlink(missing_ok=True)
+
+
+def _supervise(settings: ServiceSettings, uds: socket.socket | None) -> int:
+    configure_logging(settings.log_level)
+    log = logging.getLogger("switchyard.service")
+    ctx = multiprocessing.get_context("spawn")
+    payload = settings.model_dump_json()
+    children = [ctx.Process(target=_child, args=(payload, uds), name=f"worker-{i}") for i in range(settings.workers)]
+    for child in children:
+        child.start()
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info(f"started {settings.workers} workers on {settings.host}:{settings.port}")
+    code = 0
+    while any(child.is_alive() for child in children):
+        for child in children:
+            child.join(timeout=0.2)
+            if not child.is_alive() and child.exitcode and not stopping:
+                log.error(f"{child.name} exited with code {child.exitcode}; stopping the others")
+                code = child.exitcode if child.exitcode > 0 else 1
+                stop(signal.SIGTERM, None)
+    return code

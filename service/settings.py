@@ -1,0 +1,44 @@
+"""The service's settings: one typed place, from the command line or ``SWITCHYARD_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", protected_namespaces=())
+
+    model: Path = Field(description="an artifact version folder, e.g. models/industry/3")
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=0, le=65535)
+    uds: Path | None = Field(None, description="also listen on this unix socket (the router's upstream)")
+    workers: int = Field(1, ge=1, le=64)
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: cores // workers"
+    )
+    max_batch_size: int = Field(64, ge=1, le=10_000, description="rows per model call when batching")
+    max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait to fill a batch under load")
+    batching: bool = True
+    max_queue_rows: int = Field(4096, ge=1, description="rows waiting beyond this are shed with 503")
+    max_instances: int = Field(256, ge=1, description="instances per request")
+    max_text_length: int = Field(20_000, ge=1, description="characters per text field")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request body size limit (413 above)")
+    allow_version_mismatch: bool = False
+    graceful_timeout: float = Field(10.0, ge=0.0, description="seconds to finish in-flight requests on SIGTERM")
+    keep_alive_timeout: int = Field(75, ge=1, description="outlasts the routers' upstream keep-alive")
+    access_log: bool = True
+    log_level: str = "info"
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not an artifact folder")
+        return value
+
+    def native_threads(self) -> int:
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
