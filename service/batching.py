@@ -38,6 +38,7 @@ class MicroBatcher:
         self._queue: deque[Job] = deque()
         self._queued_rows = 0
         self._draining = False
+        self._drainer: asyncio.Task[None] | None = None  # held so the task is not garbage-collected
         # One model thread: the model call releases the GIL in its numeric kernels, and one call at a
         # time is what makes batching happen instead of contention.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -55,7 +56,7 @@ class MicroBatcher:
         self._queued_rows += len(rows)
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._drainer = loop.create_task(self._drain())
         return await job.future
 
     async def _drain(self) -> None:
