@@ -1,0 +1,58 @@
+"""Throwaway model classes for service tests. Services load them from this folder (on PYTHONPATH),
+exactly as they load the rule model from the service package."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class Wrapped:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.classes_ = inner.classes_
+
+    def predict_proba(self, rows: Any) -> Any:
+        return self.inner.predict_proba(rows)
+
+    def predict(self, rows: Any) -> Any:
+        return self.classes_[self.predict_proba(rows).argmax(axis=1)]
+
+
+class SlowFirstCall(Wrapped):
+    """The first call (the warm-up) takes ``delay`` seconds: readiness must wait for it."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.calls = 0
+
+    def predict_proba(self, rows: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay)
+        return super().predict_proba(rows)
+
+
+class Sleepy(Wrapped):
+    """Every call takes ``delay`` seconds once the warm-up is done: for draining and batching tests."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.warm = False
+
+    def predict_proba(self, rows: Any) -> Any:
+        if self.warm:
+            time.sleep(self.delay)
+        self.warm = True
+        return super().predict_proba(rows)
+
+
+class Exploding(Wrapped):
+    """Raises on any text containing 'boom': an unexpected model failure on valid input."""
+
+    def predict_proba(self, rows: Any) -> Any:
+        if any("boom" in str(row) for row in rows):
+            raise RuntimeError("kaboom")
+        return super().predict_proba(rows)
