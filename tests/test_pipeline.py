@@ -88,6 +88,7 @@ def test_tabular_problem_uses_the_same_pipeline(registry: Path) -> None:
     assert [f.type for f in manifest.input_schema.fields] == ["number"] * 4
     assert manifest.labels == ["large", "mid", "small"]
     assert manifest.metrics["holdout"]["accuracy"] > 0.8
+    assert list(model.predict([[5000.0, 25000, 0.15, 25], [8.0, 30, 0.0, 2]])) == ["large", "small"]
 
 
 def test_compare_prints_metrics_side_by_side(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -270,7 +271,7 @@ def test_verify_refuses_a_tampered_model(registry: Path, tmp_path: Path) -> None
     data = bytearray((copy / "model.joblib").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model.joblib").write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256 .* does not match"):
+    with pytest.raises(ArtifactError, match=r"sha256 .* does not match"):
         load_model(copy)
 
 
