@@ -5,7 +5,8 @@ cannot be served (bad hash, wrong runtime, unpicklable, failed warm-up).
 
 With ``workers > 1`` each worker binds the TCP port itself with SO_REUSEPORT, so the kernel spreads
 connections across workers (a shared accept socket lets one busy process take every keep-alive
-connection). The unix socket, if any, is bound once here and shared.
+connection). The unix socket, if any, is bound once here and shared. Each worker loads and warms up
+its model before any of them binds, so the port opens only when every worker is ready.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +82,24 @@ def bind_uds(path: Path) -> socket.socket:
     return sock
 
 
-def run_worker(settings: ServiceSettings, sockets: list[socket.socket]) -> int:
+def run_worker(
+    settings: ServiceSettings,
+    sockets: list[socket.socket] | None,
+    *,
+    before_bind: Callable[[], list[socket.socket]] | None = None,
+) -> int:
+    """Serve until SIGTERM. With ``before_bind``, the model is loaded first and the sockets come after."""
     from service.app import create_app
     from service.artifact import read_manifest
 
     configure_logging(settings.log_level)
     app = create_app(settings, read_manifest(settings.model))
+    state = app.state.model
+    if before_bind is not None:
+        state.load()
+        if state.failure:
+            return EXIT_ARTIFACT
+        sockets = before_bind()
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -95,20 +109,27 @@ def run_worker(settings: ServiceSettings, sockets: list[socket.socket]) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    state = app.state.model
     state.on_fatal = lambda: setattr(server, "should_exit", True)
+    # uvicorn drains on SIGTERM/SIGINT, then restores the previous handler and re-raises the signal;
+    # a no-op previous handler turns a completed graceful shutdown into exit code 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     server.run(sockets=sockets)
     if state.failure:
         return EXIT_ARTIFACT
     return 0
 
 
-def _child(settings_json: str, uds: socket.socket | None) -> None:
+def _child(settings_json: str, uds: socket.socket | None, all_ready: Any) -> None:
     settings = ServiceSettings.model_validate_json(settings_json)
-    sockets = [bind_tcp(settings.host, settings.port, reuse_port=True)]
-    if uds is not None:
-        sockets.append(uds)
-    sys.exit(run_worker(settings, sockets))
+
+    def bind_when_all_are_ready() -> list[socket.socket]:
+        # No worker takes connections before every worker has loaded and warmed up its model, so a
+        # ready answer from one worker never hides a sibling that would answer 503.
+        all_ready.wait(timeout=600)
+        return [bind_tcp(settings.host, settings.port, reuse_port=True), *([uds] if uds else [])]
+
+    sys.exit(run_worker(settings, None, before_bind=bind_when_all_are_ready))
 
 
 def serve(settings: ServiceSettings) -> int:
@@ -131,7 +152,10 @@ def _supervise(settings: ServiceSettings, uds: socket.socket | None) -> int:
     log = logging.getLogger("switchyard.service")
     ctx = multiprocessing.get_context("spawn")
     payload = settings.model_dump_json()
-    children = [ctx.Process(target=_child, args=(payload, uds), name=f"worker-{i}") for i in range(settings.workers)]
+    all_ready = ctx.Barrier(settings.workers)
+    children = [
+        ctx.Process(target=_child, args=(payload, uds, all_ready), name=f"worker-{i}") for i in range(settings.workers)
+    ]
     for child in children:
         child.start()
     stopping = False
@@ -153,5 +177,6 @@ def _supervise(settings: ServiceSettings, uds: socket.socket | None) -> int:
             if not child.is_alive() and child.exitcode and not stopping:
                 log.error(f"{child.name} exited with code {child.exitcode}; stopping the others")
                 code = child.exitcode if child.exitcode > 0 else 1
+                all_ready.abort()  # siblings waiting to bind give up instead of waiting out the timeout
                 stop(signal.SIGTERM, None)
     return code

@@ -107,4 +107,5 @@ def artifact_with_model(source: Path, models_dir: Path, name: str, model: Any, *
 
 
 def predict(url: str, body: Any, **kwargs: Any) -> httpx.Response:
-    return httpx.post(url + "/predict", json=body, timeout=30.0, **kwargs)
+    kwargs.setdefault("timeout", 30.0)
+    return httpx.post(url + "/predict", json=body, **kwargs)

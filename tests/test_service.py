@@ -1,0 +1,371 @@
+"""The prediction service, against real uvicorn processes on free ports, as a client sees it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import testmodels
+from support import ServiceProcess, artifact_with_model, port_open, predict
+
+from service.artifact import load_model, read_manifest
+
+ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."
+
+
+@pytest.fixture(scope="module")
+def text_service(registry: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess(
+        registry / "sample" / "2", "--max-text-length", "2000", "--max-instances", "16", "--max-body-bytes", "65536"
+    ) as service:
+        yield service.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def tabular_service(registry: Path) -> Iterator[ServiceProcess]:
+    with ServiceProcess(registry / "company-size" / "1") as service:
+        yield service.wait_ready()
+
+
+def test_single_and_batch_predictions_match_the_model_in_process(text_service: ServiceProcess, registry: Path) -> None:
+    model, manifest = load_model(registry / "sample" / "2")
+    texts = [row.input["description"] for row in manifest.golden[:10]]
+    expected = model.predict_proba(texts)
+
+    single = predict(text_service.url, {"description": texts[0]})
+    assert single.status_code == 200
+    assert single.headers["x-model-version"] == "sample/2"
+    body = single.json()
+    assert body["model"] == {"name": "sample", "version": 2}
+    assert [p["label"] for p in body["predictions"]] == [manifest.golden[0].predicted]
+
+    batch = predict(text_service.url, {"instances": [{"description": t} for t in texts]}).json()
+    assert [p["label"] for p in batch["predictions"]] == [row.predicted for row in manifest.golden[:10]]
+    for got, want in zip(batch["predictions"], expected, strict=True):
+        assert [got["scores"][label] for label in manifest.labels] == pytest.approx(list(want), abs=1e-9)
+
+
+def test_top_k_shortens_scores(text_service: ServiceProcess) -> None:
+    body = predict(text_service.url, {"description": ENERGY}, params={"top_k": 2}).json()
+    scores = body["predictions"][0]["scores"]
+    assert len(scores) == 2 and body["predictions"][0]["label"] == "Energy" == max(scores, key=scores.get)
+
+
+def test_tabular_model_takes_its_own_fields(tabular_service: ServiceProcess) -> None:
+    row = {"revenue_musd": 5000.0, "employees": 25000, "operating_margin": 0.15, "years_listed": 25}
+    response = predict(tabular_service.url, {"instances": [row]})
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["label"] == "large"
+
+
+BAD_TEXT_INPUTS = [
+    ("malformed-json", b'{"description": "oil', 400, "bad_request", None),
+    ("not-an-object", b'["oil"]', 422, "invalid_input", None),
+    ("wrong-type", b'{"description": 42}', 422, "invalid_input", "description"),
+    ("missing-field", b'{"text": "oil"}', 422, "invalid_input", "description"),
+    ("empty", b'{"description": ""}', 422, "invalid_input", "description"),
+    ("whitespace", b'{"description": "  \\n\\t "}', 422, "invalid_input", "description"),
+    ("too-long", json.dumps({"description": "oil " * 600}).encode(), 422, "invalid_input", "description"),
+    ("instances-not-list", b'{"instances": {"description": "oil"}}', 422, "invalid_input", "instances"),
+    ("instances-empty", b'{"instances": []}', 422, "invalid_input", "instances"),
+    ("too-many", json.dumps({"instances": [{"description": "oil"}] * 17}).encode(), 422, "invalid_input", "instances"),
+    (
+        "bad-in-batch",
+        b'{"instances": [{"description": "oil"}, {"description": null}]}',
+        422,
+        "invalid_input",
+        "instances[1].description",
+    ),
+    ("body-too-large", json.dumps({"description": "x" * 70_000}).encode(), 413, "payload_too_large", None),
+    ("empty-body", b"", 400, "bad_request", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"), [c[1:] for c in BAD_TEXT_INPUTS], ids=[c[0] for c in BAD_TEXT_INPUTS]
+)
+def test_bad_input_gets_a_clear_4xx(
+    text_service: ServiceProcess, body: bytes, status: int, code: str, field: str | None
+) -> None:
+    response = httpx.post(
+        text_service.url + "/predict", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert error["field"] == field
+    assert response.headers["x-model-version"] == "sample/2"
+    assert predict(text_service.url, {"description": ENERGY}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("query", "method", "path", "status", "code"),
+    [
+        ("top_k=0", "POST", "/predict", 422, "invalid_input"),
+        ("top_k=abc", "POST", "/predict", 422, "invalid_input"),
+        ("", "GET", "/predict", 405, "method_not_allowed"),
+        ("", "GET", "/nowhere", 404, "not_found"),
+        ("", "DELETE", "/metadata", 405, "method_not_allowed"),
+    ],
+)
+def test_bad_routes_and_params_use_the_error_shape(
+    text_service: ServiceProcess, query: str, method: str, path: str, status: int, code: str
+) -> None:
+    response = httpx.request(method, f"{text_service.url}{path}?{query}", json={"description": ENERGY})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_chunked_body_over_the_limit_is_413(text_service: ServiceProcess) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"description": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = httpx.post(text_service.url + "/predict", content=chunks(), timeout=10)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("row", "status"),
+    [
+        ('{"revenue_musd": NaN, "employees": 1, "operating_margin": 0.1, "years_listed": 3}', 400),
+        ('{"revenue_musd": 1e999, "employees": 1, "operating_margin": 0.1, "years_listed": 3}', 400),
+        ('{"revenue_musd": "12", "employees": 1, "operating_margin": 0.1, "years_listed": 3}', 422),
+        ('{"revenue_musd": true, "employees": 1, "operating_margin": 0.1, "years_listed": 3}', 422),
+        ('{"employees": 1, "operating_margin": 0.1, "years_listed": 3}', 422),
+    ],
+    ids=["nan", "inf", "string", "bool", "missing"],
+)
+def test_bad_features_get_a_4xx(tabular_service: ServiceProcess, row: str, status: int) -> None:
+    response = httpx.post(tabular_service.url + "/predict", content=row.encode(), timeout=10)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] in ("bad_request", "invalid_input")
+
+
+def test_request_id_is_echoed_and_generated(text_service: ServiceProcess) -> None:
+    given = predict(text_service.url, {"description": ENERGY}, headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    generated = httpx.get(text_service.url + "/healthz")
+    assert len(generated.headers["x-request-id"]) == 32
+    assert generated.headers["x-model-version"] == "sample/2"
+    log_lines = [json.loads(line) for line in text_service.output().splitlines() if '"request_id"' in line]
+    mine = [line for line in log_lines if line["request_id"] == "abc-123"]
+    assert mine and mine[0]["route"] == "/predict" and mine[0]["status"] == 200
+    assert mine[0]["model_version"] == "sample/2" and mine[0]["batch_size"] == 1 and mine[0]["latency_ms"] > 0
+
+
+def test_metadata_health_and_openapi(text_service: ServiceProcess) -> None:
+    assert httpx.get(text_service.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(text_service.url + "/readyz").json()
+    assert ready["status"] == "ready" and ready["version"] == 2 and len(ready["sha256"]) == 64
+    meta = httpx.get(text_service.url + "/metadata").json()
+    assert meta["name"] == "sample" and meta["version"] == 2 and len(meta["labels"]) == 11
+    assert meta["input_schema"]["fields"] == [{"name": "description", "type": "string"}]
+    assert meta["metrics"]["holdout"]["macro_f1"] > 0.5
+    assert "golden" not in meta and "dataset" not in meta
+    spec = httpx.get(text_service.url + "/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert "batch" in body["examples"]
+    assert httpx.get(text_service.url + "/docs").status_code == 200
+
+
+def _metric(text: str, metric: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(metric + "{") or line.startswith(metric + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_what_was_sent(registry: Path) -> None:
+    with ServiceProcess(registry / "sample" / "2") as service:
+        service.wait_ready()
+        for _ in range(3):
+            predict(service.url, {"description": ENERGY})
+        predict(service.url, {"description": ""})
+        text = httpx.get(service.url + "/metrics").text
+    assert _metric(text, "switchyard_requests_total", route="/predict", status="200") == 3
+    assert _metric(text, "switchyard_requests_total", route="/predict", status="422") == 1
+    assert _metric(text, "switchyard_request_duration_seconds_count", route="/predict") == 4
+    assert _metric(text, "switchyard_predictions_total", label="Energy") == 3
+    assert _metric(text, "switchyard_model_info", name="sample", version="2") == 1
+
+
+def test_tampered_truncated_or_mislabelled_artifacts_are_refused_at_start(registry: Path, tmp_path: Path) -> None:
+    cases = {}
+    tampered = tmp_path / "tampered"
+    shutil.copytree(registry / "sample" / "2", tampered)
+    data = bytearray((tampered / "model.joblib").read_bytes())
+    data[100] ^= 0x01
+    (tampered / "model.joblib").write_bytes(bytes(data))
+    cases[tampered] = "does not match the manifest"
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(registry / "sample" / "2", truncated)
+    (truncated / "model.joblib").write_bytes((truncated / "model.joblib").read_bytes()[:-10])
+    cases[truncated] = "the manifest says"
+
+    wrong_hash = tmp_path / "wrong-hash"
+    shutil.copytree(registry / "sample" / "2", wrong_hash)
+    manifest = json.loads((wrong_hash / "manifest.json").read_text())
+    manifest["artifact"]["sha256"] = "0" * 64
+    (wrong_hash / "manifest.json").write_text(json.dumps(manifest))
+    cases[wrong_hash] = "does not match the manifest"
+
+    old_sklearn = tmp_path / "old-sklearn"
+    shutil.copytree(registry / "sample" / "2", old_sklearn)
+    manifest = json.loads((old_sklearn / "manifest.json").read_text())
+    manifest["runtime"]["sklearn"] = "0.24.2"
+    (old_sklearn / "manifest.json").write_text(json.dumps(manifest))
+    cases[old_sklearn] = "refusing to unpickle across minor versions"
+
+    for path, message in cases.items():
+        service = ServiceProcess(path)
+        code = service.wait_exit()
+        output = service.output().strip()
+        service.stop()
+        assert code == 3, output
+        assert output.startswith("error: ") and message in output and len(output.splitlines()) == 1
+        assert not port_open(service.port)
+
+
+def test_readiness_stays_false_until_warm_up(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2")
+    slow = artifact_with_model(registry / "sample" / "2", tmp_path, "slow", testmodels.SlowFirstCall(inner, 3.0))
+    with ServiceProcess(slow) as service:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(service.url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        ready = httpx.get(service.url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        early = predict(service.url, {"description": ENERGY})
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        service.wait_ready()
+        assert predict(service.url, {"description": ENERGY}).status_code == 200
+
+
+def test_sigterm_drains_an_in_flight_request(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2")
+    sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 1.5))
+    with ServiceProcess(sleepy) as service:
+        service.wait_ready()
+        result: dict[str, httpx.Response] = {}
+        worker = threading.Thread(target=lambda: result.setdefault("r", predict(service.url, {"description": ENERGY})))
+        worker.start()
+        time.sleep(0.5)  # the request is inside the model call now
+        service.proc.send_signal(signal.SIGTERM)
+        worker.join(timeout=20)
+        assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["label"] == "Energy"
+        assert service.wait_exit() == 0
+
+
+def test_a_model_failure_is_a_500_for_that_request_only(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2")
+    fragile = artifact_with_model(registry / "sample" / "2", tmp_path, "fragile", testmodels.Exploding(inner))
+    with ServiceProcess(fragile) as service:
+        service.wait_ready()
+        texts = [f"{ENERGY} #{i}" for i in range(20)] + ["boom goes the model"]
+        with ThreadPoolExecutor(21) as pool:
+            responses = list(pool.map(lambda t: predict(service.url, {"description": t}), texts))
+        assert [r.status_code for r in responses[:-1]] == [200] * 20
+        assert responses[-1].status_code == 500
+        assert responses[-1].json()["error"]["code"] == "model_error"
+        assert predict(service.url, {"description": ENERGY}).status_code == 200
+        assert "the model failed on a valid request" in service.output()
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(registry: Path, tmp_path: Path) -> None:
+    inner, manifest = load_model(registry / "sample" / "2")
+    sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.2))
+    texts = [row.input["description"] for row in read_manifest(sleepy).golden]
+    expected = {row.input["description"]: row.predicted for row in manifest.golden}
+    with ServiceProcess(sleepy) as service:
+        service.wait_ready()
+        with ThreadPoolExecutor(len(texts)) as pool:
+            responses = list(pool.map(lambda t: predict(service.url, {"description": t}), texts))
+        labels = [r.json()["predictions"][0]["label"] for r in responses]
+        assert labels == [expected[t] for t in texts]
+        calls = _metric(httpx.get(service.url + "/metrics").text, "switchyard_model_calls_total")
+    assert calls < len(texts) / 2, f"{calls} model calls for {len(texts)} concurrent requests: no batching"
+
+
+def test_a_cancelled_client_does_not_break_its_batch(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2")
+    sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.5))
+    with ServiceProcess(sleepy) as service:
+        service.wait_ready()
+
+        def impatient() -> str:
+            try:
+                predict(service.url, {"description": ENERGY}, timeout=0.1)
+            except httpx.TimeoutException:
+                return "gave up"
+            return "answered"
+
+        def patient() -> int:
+            return predict(service.url, {"description": ENERGY}).status_code
+
+        with ThreadPoolExecutor(12) as pool:
+            quitters = [pool.submit(impatient) for _ in range(4)]
+            stayers = [pool.submit(patient) for _ in range(8)]
+            assert [f.result() for f in quitters] == ["gave up"] * 4
+            assert [f.result() for f in stayers] == [200] * 8
+        assert patient() == 200
+
+
+def test_two_workers_serve_and_stop_cleanly(registry: Path) -> None:
+    with ServiceProcess(registry / "sample" / "2", "--workers", "2") as service:
+        service.wait_ready()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: predict(service.url, {"description": ENERGY}).status_code, range(40)))
+        assert codes == [200] * 40
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.wait_exit() == 0
+
+
+def test_bad_settings_are_one_line(registry: Path) -> None:
+    service = ServiceProcess(registry / "sample" / "2", "--workers", "0")
+    assert service.wait_exit() == 2
+    out = service.output().strip()
+    service.stop()
+    assert out.startswith("error: setting workers='0'") and len(out.splitlines()) == 1
+
+
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_server_error(text_service: ServiceProcess) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{text_service.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
