@@ -181,9 +181,9 @@ def test_metadata_health_and_openapi(text_service: ServiceProcess) -> None:
 
 def _metric(text: str, metric: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith(metric + "{") or line.startswith(metric + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
+        named = line.startswith(metric + "{") or line.startswith(metric + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
