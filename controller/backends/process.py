@@ -1,0 +1,80 @@
+"""Instances as local processes: ``python -m service`` in its own session, one log file each."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from controller import procs
+from controller.backends.base import Found
+from controller.settings import ControllerSettings
+from controller.state import Instance
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TAG = "SWITCHYARD_INSTANCE"
+
+
+class ProcessBackend:
+    kind = "process"
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.logs_dir = settings.run_dir / "logs"
+
+    def start(self, *, color: str, version: int, model_dir: Path, sha256: str) -> Instance:
+        nonce = uuid.uuid4().hex[:8]
+        port = procs.free_port()
+        self.settings.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        sock = self.settings.socket_dir / f"{color}-{nonce}.sock"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env[TAG] = f"{self.settings.run_id}/{color}/{version}/{nonce}"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-m",
+            "service",
+            "--model",
+            str(model_dir.resolve()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--uds",
+            str(sock),
+            "--workers",
+            str(self.settings.instance_workers),
+        ]
+        handle = procs.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=PROJECT_ROOT)
+        return Instance(
+            color=color, version=version, handle=f"{handle}:{nonce}", port=port, socket=str(sock), sha256=sha256
+        )
+
+    def _log(self, color: str, version: int, nonce: str) -> Path:
+        return self.logs_dir / f"{color}-v{version}-{nonce}.log"
+
+    @staticmethod
+    def _proc(handle: str) -> str:
+        return handle.rsplit(":", 1)[0]
+
+    def stop(self, handle: str) -> None:
+        procs.terminate(self._proc(handle), grace=15.0)
+
+    def alive(self, handle: str) -> bool:
+        return procs.alive(self._proc(handle))
+
+    def exit_code(self, handle: str) -> int | None:
+        return procs.exit_code(self._proc(handle))
+
+    def logs(self, handle: str, lines: int = 12) -> str:
+        nonce = handle.rsplit(":", 1)[1]
+        matches = sorted(self.logs_dir.glob(f"*-{nonce}.log"))
+        return procs.tail(matches[0], lines) if matches else ""
+
+    def running(self) -> list[Found]:
+        found = []
+        for pid, tag in procs.tagged(TAG, f"{self.settings.run_id}/").items():
+            _, color, version, nonce = tag.split("/")
+            found.append(Found(handle=f"{procs.handle_of(pid)}:{nonce}", color=color, version=int(version)))
+        return found

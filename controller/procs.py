@@ -1,0 +1,147 @@
+"""Local processes that outlive the controller: spawn, identify, watch and stop them.
+
+A handle is ``"<pid>:<start time>"``: the start time (from /proc) guards against a recycled pid being
+mistaken for our instance after the original died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_children: dict[str, subprocess.Popen[bytes]] = {}  # processes this controller started, for exit codes
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited
+        return None
+    return fields[19]
+
+
+def handle_of(pid: int) -> str:
+    return f"{pid}:{_start_time(pid)}"
+
+
+def pid_of(handle: str) -> int:
+    return int(handle.split(":", 1)[0])
+
+
+def spawn(argv: Sequence[str], *, log: Path, env: dict[str, str], cwd: Path | None = None) -> str:
+    """Start a process in its own session (it survives the controller), output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    handle = handle_of(proc.pid)
+    _children[handle] = proc
+    return handle
+
+
+def alive(handle: str) -> bool:
+    pid, _, started = handle.partition(":")
+    child = _children.get(handle)
+    if child is not None and child.poll() is not None:
+        return False
+    return _start_time(int(pid)) == started
+
+
+def exit_code(handle: str) -> int | None:
+    """The exit code, if this controller started the process and it has exited."""
+    child = _children.get(handle)
+    return child.poll() if child is not None else None
+
+
+def terminate(handle: str, *, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Ask politely, wait up to ``grace`` seconds, then kill the whole process group. Idempotent."""
+    if not alive(handle):
+        _reap(handle)
+        return
+    pid = pid_of(handle)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and alive(handle):
+        time.sleep(0.02)
+    if alive(handle):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while alive(handle):
+            time.sleep(0.01)
+    _reap(handle)
+
+
+def _reap(handle: str) -> None:
+    child = _children.pop(handle, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+
+def tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def tagged(env_key: str, prefix: str) -> dict[int, str]:
+    """Processes whose environment has ``env_key=<prefix>...``: pid -> value. Children of a match are
+    left out (a multi-worker service is one instance)."""
+    needle = f"{env_key}={prefix}".encode()
+    found: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(needle):
+                pid = int(entry)
+                fields = stat.rsplit(")", 1)[1].split()
+                if fields[0] == "Z":
+                    break
+                found[pid] = item.split(b"=", 1)[1].decode()
+                parents[pid] = int(fields[1])
+                break
+    return {pid: value for pid, value in found.items() if parents[pid] not in found}

@@ -1,0 +1,194 @@
+"""release.py: blue/green releases of model versions behind one stable address.
+
+  up NAME VERSION     start the router and the first instance (idempotent)
+  stage VERSION       the release: start VERSION in the idle slot, check it, leave it at a preview address
+  promote [VERSION]   the deploy: flip the router to the staged slot (with VERSION: stage it first)
+  rollback            flip back to the previous slot, which is still running
+  status              what runs, checked against reality (--json for scripts)
+  history             every stage / promote / rollback / failure
+  down                stop everything this deployment started
+
+Exit codes: 0 done; 1 refused or a check failed (live traffic untouched); 2 usage;
+3 the state needs an operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python controller/release.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import ValidationError
+
+from controller.errors import SwitchyardError, UsageError
+from controller.settings import ControllerSettings
+
+SETTING_OPTIONS = {
+    "models_dir": ("--models-dir", "model registry (default: models/) [env SWITCHYARD_MODELS_DIR]"),
+    "run_dir": ("--run-dir", "state, logs, router config (default: .switchyard/) [env SWITCHYARD_RUN_DIR]"),
+    "router": ("--router", "nginx | builtin | auto (default: auto = nginx if installed) [env SWITCHYARD_ROUTER]"),
+    "backend": ("--backend", "process | docker (default: process) [env SWITCHYARD_BACKEND]"),
+    "router_port": ("--port", "the router's port (default: 8000) [env SWITCHYARD_ROUTER_PORT]"),
+    "router_host": ("--host", "the router's address (default: 127.0.0.1) [env SWITCHYARD_ROUTER_HOST]"),
+    "ready_timeout": ("--ready-timeout", "seconds a new instance has to become ready (default: 60)"),
+    "gate_tolerance": ("--tolerance", "how much worse the candidate's metric may be (default: 0)"),
+    "instance_workers": ("--workers", "uvicorn workers per instance (default: 1)"),
+}
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("deployment options")
+    for dest, (flag, helptext) in SETTING_OPTIONS.items():
+        group.add_argument(flag, dest=dest, help=helptext, default=argparse.SUPPRESS if suppress else None)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="release.py",
+        description=__doc__,
+        parents=[_common(False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common(True)
+
+    def add(name: str, helptext: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helptext, description=helptext, parents=[common])
+
+    up = add("up", "start the router on a stable port and the first instance; idempotent")
+    up.add_argument("name", help="model name in the registry, e.g. industry")
+    up.add_argument("version", help="version number, or 'latest'")
+
+    stage = add("stage", "start VERSION in the idle slot, run readiness, smoke test and gate; no traffic moves")
+    stage.add_argument("version", help="version number, or 'latest'")
+    stage.add_argument("--force", action="store_true", help="release even if the evaluation gate says no")
+
+    promote = add("promote", "flip live traffic to the staged slot; with VERSION, stage it first")
+    promote.add_argument("version", nargs="?", help="version to stage and flip to (default: what is staged)")
+    promote.add_argument("--force", action="store_true", help="release even if the evaluation gate says no")
+
+    add("rollback", "flip live traffic back to the previous slot, which is still running")
+    status = add("status", "the phase, the router and each slot, checked against what really runs")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    history = add("history", "every up / stage / promote / rollback / failure, oldest first")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--limit", type=int, help="only the last N entries")
+    add("down", "stop the router and every instance of this deployment")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> ControllerSettings:
+    given = {dest: getattr(args, dest) for dest in SETTING_OPTIONS if getattr(args, dest, None) is not None}
+    try:
+        return ControllerSettings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        flag = SETTING_OPTIONS.get(key, (key,))[0]
+        raise UsageError(f"{flag} {err.get('input')!r}: {err['msg']}") from None
+
+
+def _version(deployment: Any, name: str | None, raw: str) -> int:
+    from service.artifact import ArtifactError, resolve
+
+    if name is None:
+        raise UsageError("nothing is up yet; run `release.py up NAME VERSION` first")
+    try:
+        return int(resolve(deployment.settings.models_dir, name, raw).name)
+    except ArtifactError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def print_status(status: dict[str, Any]) -> None:
+    print(f"phase:  {status['phase']}: {status['reason']}")
+    router = status["router"]
+    if router:
+        state = f"-> {router['target'] or 'nothing'}" if router["alive"] else "NOT RUNNING"
+        print(f"router: {router['url']} ({router['kind']}, {router['handle'].split(':')[0]}) {state}")
+    for slot in status["slots"]:
+        health = "ready" if slot["ready"] else "alive, not ready" if slot["alive"] else "NOT RUNNING"
+        print(
+            f"  {slot['color']:<6} {slot['role']:<9} {status['name']} v{slot['version']:<4} {slot['url']:<24} "
+            f"{health:<16} up {_age(slot['age_seconds']):<6} {slot['handle'].split(':')[0]}"
+        )
+        if slot["last_log"]:
+            print(
+                "         last log lines:\n" + "\n".join("           " + line for line in slot["last_log"].splitlines())
+            )
+    print(f"run dir: {status['run_dir']}")
+
+
+def print_history(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no history yet")
+    for row in rows:
+        versions = f"v{row['from_version'] or '-'} -> v{row['to_version'] or '-'}"
+        step = f" at {row['step']}" if row["step"] else ""
+        forced = " FORCED" if row["forced"] else ""
+        print(f"{row['at']}  {row['action']:<8} {row['outcome']:<8} {versions:<12}{step}{forced}  {row['reason']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from controller.operations import Deployment
+
+    deployment = Deployment(_settings(args))
+    command = args.command
+    if command == "status":
+        status = deployment.status()
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print_status(status)
+        return 0
+    if command == "history":
+        rows = deployment.history(args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_history(rows)
+        return 0
+    name = deployment.store.load().name
+    if command == "up":
+        message = deployment.up(args.name, _version(deployment, args.name, args.version))
+    elif command == "stage":
+        message = deployment.stage(_version(deployment, name, args.version), force=args.force)
+    elif command == "promote":
+        version = _version(deployment, name, args.version) if args.version else None
+        message = deployment.promote(version, force=args.force)
+    elif command == "rollback":
+        message = deployment.rollback()
+    else:
+        message = deployment.down()
+    print(message)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except SwitchyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; run `release.py status` to see what is left", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The built-in router: :mod:`controller.routers.proxy` as a process, switched over its admin endpoint
+(loopback only, bearer token from a 0600 file in the run dir)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import httpx
+
+from controller import procs
+from controller.errors import NeedsOperator
+from controller.routers.base import stray_from_pid_file, wait_listening
+from controller.settings import ControllerSettings
+from controller.state import Router
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class BuiltinRouter:
+    kind = "builtin"
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.token_file = settings.run_dir / "router.token"
+        self.log = settings.run_dir / "logs" / "router.log"
+        self.pid_file = settings.run_dir / "router.pid"
+
+    def _token(self) -> str:
+        if not self.token_file.exists():
+            self.token_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        return self.token_file.read_text().strip()
+
+    def start(self, upstream: str) -> Router:
+        self._token()
+        admin_port = procs.free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-m",
+            "controller.routers.proxy",
+            "--listen",
+            f"{self.settings.router_host}:{self.settings.router_port}",
+            "--admin-port",
+            str(admin_port),
+            "--token-file",
+            str(self.token_file.resolve()),
+            "--upstream",
+            upstream,
+            "--pid-file",
+            str(self.pid_file.resolve()),
+        ]
+        handle = procs.spawn(argv, log=self.log, env=env, cwd=PROJECT_ROOT)
+        router = Router(
+            kind=self.kind,
+            host=self.settings.router_host,
+            port=self.settings.router_port,
+            handle=handle,
+            admin_port=admin_port,
+        )
+        wait_listening(router.url, lambda: procs.alive(handle), 10.0, procs.tail(self.log))
+        return router
+
+    def _admin(self, router: Router, method: str, body: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            return httpx.request(
+                method,
+                f"http://127.0.0.1:{router.admin_port}/upstream",
+                json=body,
+                headers={"Authorization": f"Bearer {self._token()}"},
+                timeout=5.0,
+            )
+        except httpx.TransportError as exc:
+            raise NeedsOperator(f"the builtin router's admin endpoint does not answer: {exc}") from exc
+
+    def point_to(self, router: Router, upstream: str) -> None:
+        response = self._admin(router, "PUT", {"upstream": upstream})
+        if response.status_code != 200:
+            raise NeedsOperator(f"the builtin router refused the flip: {response.status_code} {response.text}")
+
+    def current(self, router: Router) -> str | None:
+        if not self.alive(router):
+            return None
+        response = self._admin(router, "GET")
+        return response.json().get("upstream") if response.status_code == 200 else None
+
+    def alive(self, router: Router) -> bool:
+        return procs.alive(router.handle)
+
+    def refresh(self, router: Router) -> None:
+        return None  # no configuration beyond its command line
+
+    def stray(self, known: Router | None) -> list[str]:
+        return stray_from_pid_file(self.pid_file, known)
+
+    def stop(self, router: Router) -> None:
+        procs.terminate(router.handle, grace=10.0)
+        self.pid_file.unlink(missing_ok=True)

@@ -1,0 +1,46 @@
+"""The controller's settings: command-line options over ``SWITCHYARD_*`` environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", protected_namespaces=())
+
+    models_dir: Path = Field(Path("models"), description="the model registry")
+    run_dir: Path = Field(Path(".switchyard"), description="state, logs and router config of one deployment")
+    router: Literal["auto", "nginx", "builtin"] = Field("auto", description="auto: nginx if installed")
+    backend: Literal["process", "docker"] = "process"
+    router_host: str = "127.0.0.1"
+    router_port: int = Field(8000, ge=1, le=65535)
+    ready_timeout: float = Field(60.0, gt=0, description="seconds a new instance has to become ready")
+    lock_timeout: float = Field(5.0, ge=0, description="seconds to wait for another command to finish")
+    gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
+    instance_workers: int = Field(1, ge=1, le=16, description="uvicorn workers per instance")
+    docker_image: str = "switchyard-service:latest"
+    docker_router_image: str = "switchyard-router:latest"
+    docker_network: str = "switchyard"
+
+    def resolved_router(self) -> Literal["nginx", "builtin"]:
+        if self.router == "auto":
+            return "nginx" if shutil.which("nginx") else "builtin"
+        return self.router
+
+    @property
+    def run_id(self) -> str:
+        """A short stable id of this deployment (its run dir), used in instance tags and socket paths."""
+        return hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:12]
+
+    @property
+    def socket_dir(self) -> Path:
+        # Unix socket paths are limited to 108 bytes, so sockets live in a short per-deployment folder
+        # rather than under a possibly deep run dir.
+        return Path(tempfile.gettempdir()) / f"switchyard-{self.run_id}"
