@@ -350,7 +350,8 @@ class Deployment:
                 if self._version(facts, facts.active) == version:
                     return f"promote: v{version} is already live; nothing to do"
                 if not (facts.staged and self._version(facts, facts.staged) == version):
-                    facts, _ = self._stage(facts, version, force, "promote")
+                    # The one-button path: stage (recorded as its own history line), then flip.
+                    facts, _ = self._stage(facts, version, force, "stage")
             if facts.staged is None:
                 raise Refused(refusal(Phase.HEALTHY, "promote") or "nothing is staged")
             return self._flip(facts, facts.staged, "promote", force)

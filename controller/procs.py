@@ -98,11 +98,13 @@ def _reap(handle: str) -> None:
 
 
 def tail(path: Path, lines: int = 12) -> str:
+    """The last lines of a log, without per-request access lines (they drown out why a process died)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    kept = [line for line in text.strip().splitlines() if '"request_id"' not in line]
+    return "\n".join(kept[-lines:])
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -183,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except SwitchyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        reason, _, details = str(exc).partition("\n")
+        print(f"error: {reason}", file=sys.stderr)
+        if details:  # e.g. an instance's last log lines, below the one-line reason
+            print("\n".join("  " + line for line in details.splitlines()), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; run `release.py status` to see what is left", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""The controller's pure logic, table-driven: phase derivation, the (phase x command) table, the gate."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from controller.checks import gate
+from controller.phase import ALLOWED, COMMANDS, READ_ONLY, Observed, Phase, derive_phase, refusal
+from controller.state import Event, Facts, Instance, Op, Router, Store
+from service.artifact import read_manifest
+
+BLUE = Instance("blue", 1, "1:1:a", 9001, "/s/blue.sock", "x" * 64)
+GREEN = Instance("green", 2, "2:2:b", 9002, "/s/green.sock", "y" * 64)
+ROUTER = Router("nginx", "127.0.0.1", 8000, "3:3")
+LIVE = Facts(name="m", active="blue", slots={"blue": BLUE}, router=ROUTER)
+ALL_GOOD = Observed(
+    ready={"blue": True, "green": True},
+    alive={"blue": True, "green": True},
+    router_alive=True,
+    router_target=BLUE.socket,
+)
+
+
+@pytest.mark.parametrize(
+    ("facts", "observed", "phase", "words"),
+    [
+        (Facts(), Observed(), Phase.ABSENT, "nothing is live"),
+        (Facts(), Observed(strays=2), Phase.ABSENT, "2 stray"),
+        (LIVE, ALL_GOOD, Phase.HEALTHY, "blue (m v1) is live"),
+        (
+            LIVE.replace(slots={"blue": BLUE, "green": GREEN}, previous="green"),
+            ALL_GOOD,
+            Phase.HEALTHY,
+            "green (m v2) is the rollback target",
+        ),
+        (LIVE.replace(slots={"blue": BLUE, "green": GREEN}, staged="green"), ALL_GOOD, Phase.STAGED, "is staged"),
+        (
+            LIVE,
+            Observed(alive={"blue": False}, router_alive=True, router_target=BLUE.socket),
+            Phase.DEGRADED,
+            "not running",
+        ),
+        (
+            LIVE,
+            Observed(alive={"blue": True}, ready={"blue": False}, router_alive=True, router_target=BLUE.socket),
+            Phase.DEGRADED,
+            "not ready",
+        ),
+        (LIVE, Observed(alive={"blue": True}, ready={"blue": True}), Phase.DEGRADED, "router is not running"),
+        (
+            LIVE,
+            Observed(alive={"blue": True}, ready={"blue": True}, router_alive=True, router_target="/s/x"),
+            Phase.DEGRADED,
+            "does not point at the live slot",
+        ),
+        (
+            LIVE.replace(slots={"blue": BLUE, "green": GREEN}, staged="green"),
+            Observed(
+                alive={"blue": True, "green": False},
+                ready={"blue": True, "green": False},
+                router_alive=True,
+                router_target=BLUE.socket,
+            ),
+            Phase.DEGRADED,
+            "staged slot green (m v2) is not ready",
+        ),
+        (
+            LIVE,
+            Observed(
+                alive={"blue": True}, ready={"blue": True}, router_alive=True, router_target=BLUE.socket, strays=1
+            ),
+            Phase.DEGRADED,
+            "1 stray",
+        ),
+        (
+            LIVE.replace(op=Op("promote", "green", 2, "smoke", GREEN)),
+            ALL_GOOD,
+            Phase.PROGRESSING,
+            "interrupted promote of v2 into green (reached step 'smoke')",
+        ),
+    ],
+)
+def test_phase_is_derived_from_facts_and_observation(
+    facts: Facts, observed: Observed, phase: Phase, words: str
+) -> None:
+    got, reason = derive_phase(facts, observed)
+    assert got == phase
+    assert words in reason
+
+
+@pytest.mark.parametrize(("phase", "command"), list(itertools.product(Phase, COMMANDS)))
+def test_every_phase_and_command_pair_is_decided(phase: Phase, command: str) -> None:
+    reason = refusal(phase, command)
+    if command in ALLOWED[phase]:
+        assert reason is None
+    else:
+        assert reason is not None and reason.startswith(f"cannot {command}: ")
+        assert "allowed now: " in reason
+        for allowed in ALLOWED[phase]:
+            assert allowed in reason.split("allowed now: ")[1]
+    if command in READ_ONLY:
+        assert reason is None, "status and history must always work"
+
+
+def test_the_refusals_users_meet_most_say_what_to_do() -> None:
+    assert "run `release.py up NAME VERSION` first" in (refusal(Phase.ABSENT, "stage") or "")
+    promote = refusal(Phase.HEALTHY, "promote") or ""
+    assert "nothing is staged" in promote and "release.py stage VERSION" in promote
+
+
+def test_gate_compares_only_on_shared_evaluation_data(registry: Path) -> None:
+    rules = read_manifest(registry / "sample" / "1")
+    tfidf = read_manifest(registry / "sample" / "2")
+    better = gate(tfidf, rules, 0.0)
+    assert better.passed and "macro_f1 on short" in better.reason and "vs live" in better.reason
+    worse = gate(rules, tfidf, 0.0)
+    assert not worse.passed and "worse than live beyond tolerance 0.0" in worse.reason
+    assert gate(rules, tfidf, 0.5).passed  # within a generous tolerance
+    assert gate(rules, None, 0.0).reason == "nothing live to compare with"
+    tabular = read_manifest(registry / "company-size" / "1")
+    apart = gate(tabular, tfidf, 0.0)
+    assert not apart.passed and apart.reason.startswith("not comparable")
+
+
+def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    assert store.load() == Facts()
+    facts = LIVE.replace(op=Op("promote", "green", 2, "flip", GREEN, forced=True))
+    store.save(facts, Event("promote", "ok", 1, 2, reason="r", forced=True))
+    again = Store(tmp_path / "state.db")
+    assert again.load() == facts
+    assert again.history()[0] | {"at": None} == {
+        "at": None,
+        "action": "promote",
+        "outcome": "ok",
+        "from_version": 1,
+        "to_version": 2,
+        "step": None,
+        "reason": "r",
+        "forced": True,
+    }

@@ -1,0 +1,361 @@
+"""release.py as the team uses it: real service processes, a real nginx or the builtin router,
+a real SQLite state file, and a load generator on 127.0.0.1 during every flip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import testmodels
+from support import ROOT, artifact_with_model, clean_env, free_port, port_open
+
+from controller.backends.process import ProcessBackend
+from controller.settings import ControllerSettings
+from service.artifact import Manifest, load_model, read_manifest, write_json
+
+ENERGY = {"description": "We explore for crude oil and natural gas and operate pipelines and refineries."}
+ROUTERS = [
+    pytest.param(
+        "nginx",
+        marks=pytest.mark.skipif(
+            shutil.which("nginx") is None, reason="NGINX ABSENT: the nginx router tests did not run"
+        ),
+    ),
+    "builtin",
+]
+
+
+@pytest.fixture(scope="module")
+def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sample/1 rules, sample/2 tf-idf, plus broken candidates: 3 never ready, 4 fails the smoke test,
+    5 has a wrong hash."""
+    root = tmp_path_factory.mktemp("release-models")
+    shutil.copytree(registry / "sample", root / "sample")
+    source = root / "sample" / "2"
+    inner, manifest = load_model(source)
+    artifact_with_model(source, root, "sample", testmodels.SlowFirstCall(inner, 3600.0))
+    wrong_golden = [
+        g.model_copy(update={"predicted": "Utilities" if g.predicted != "Utilities" else "Energy"})
+        for g in manifest.golden
+    ]
+    artifact_with_model(source, root, "sample", inner, golden=[g.model_dump() for g in wrong_golden])
+    bad_hash = artifact_with_model(source, root, "sample", inner)
+    data = json.loads((bad_hash / "manifest.json").read_text())
+    data["artifact"]["sha256"] = "f" * 64
+    write_json(bad_hash / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+    return root
+
+
+@dataclass
+class Release:
+    """The release.py command line for one deployment (its own run dir and router port)."""
+
+    models: Path
+    run_dir: Path
+    router: str
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            str(ROOT / "controller" / "release.py"),
+            *args,
+            "--models-dir",
+            str(self.models),
+            "--run-dir",
+            str(self.run_dir),
+            "--router",
+            self.router,
+            "--port",
+            str(self.port),
+        ]
+
+    def __call__(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        env.setdefault("SWITCHYARD_READY_TIMEOUT", "20")
+        result = subprocess.run(
+            self.command(*args), capture_output=True, text=True, env=clean_env(**env), cwd=ROOT, timeout=120
+        )
+        if check:
+            assert result.returncode == 0, f"release.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self("status", "--json").stdout)
+
+    def history(self) -> list[dict[str, Any]]:
+        return json.loads(self("history", "--json").stdout)
+
+    def serving(self) -> str | None:
+        response = httpx.post(self.url + "/predict", json=ENERGY, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers.get("x-model-version")
+
+    def instances(self) -> int:
+        return len(ProcessBackend(ControllerSettings(run_dir=self.run_dir)).running())
+
+
+@pytest.fixture(params=ROUTERS)
+def release(request: pytest.FixtureRequest, models: Path, tmp_path: Path) -> Iterator[Release]:
+    deployment = Release(models, tmp_path / "run", request.param)
+    yield deployment
+    deployment("down", check=False)
+
+
+class Load:
+    """``threads`` clients, each on one keep-alive connection with retries off, until stopped."""
+
+    def __init__(self, url: str, threads: int = 16, max_seconds: float = 240.0) -> None:
+        self.url = url + "/predict"
+        self.results: list[tuple[float, int, str | None, str | None]] = []  # start, status, version, error
+        self.stopping = threading.Event()
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        transport = httpx.HTTPTransport(retries=0)
+        with httpx.Client(transport=transport, timeout=15.0) as client:
+            while not self.stopping.is_set() and time.monotonic() < self.deadline:
+                started = time.monotonic()
+                try:
+                    response = client.post(self.url, json=ENERGY)
+                    row = (started, response.status_code, response.headers.get("x-model-version"), None)
+                except httpx.HTTPError as exc:
+                    row = (started, 0, None, repr(exc))
+                with self.lock:
+                    self.results.append(row)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def failures(self) -> list[tuple[float, int, str | None, str | None]]:
+        return [r for r in self.results if r[1] != 200 or r[2] not in ("sample/1", "sample/2")]
+
+
+def test_the_team_story_up_stage_promote_rollback(release: Release) -> None:
+    # Given the rule-based model is live
+    out = release("up", "sample", "1")
+    assert f"is live at {release.url}/predict" in out.stdout
+    assert release.serving() == "sample/1"
+    assert "already up" in release("up", "sample", "1").stdout  # idempotent
+
+    # When the developers stage the ML model, it is reachable at a preview address and users see no change
+    release("stage", "2")
+    status = release.status()
+    assert status["phase"] == "Staged"
+    green = next(s for s in status["slots"] if s["color"] == "green")
+    preview = httpx.post(green["url"] + "/predict", json=ENERGY)
+    assert preview.headers["x-model-version"] == "sample/2"
+    assert release.serving() == "sample/1"
+
+    # When the business promotes it, users get v2 and v1 keeps running as the rollback target
+    release("promote")
+    assert release.serving() == "sample/2"
+    status = release.status()
+    assert status["phase"] == "Healthy" and status["router"]["target"] == "green"
+    roles = {s["color"]: (s["role"], s["version"], s["ready"]) for s in status["slots"]}
+    assert roles == {"green": ("live", 2, True), "blue": ("previous", 1, True)}
+
+    # When v2 misbehaves, rollback flips back at once
+    release("rollback")
+    assert release.serving() == "sample/1"
+    assert [(h["action"], h["outcome"], h["from_version"], h["to_version"]) for h in release.history()] == [
+        ("up", "ok", None, 1),
+        ("stage", "ok", 1, 2),
+        ("promote", "ok", 1, 2),
+        ("rollback", "ok", 2, 1),
+    ]
+    text = release("status").stdout
+    assert "phase:  Healthy" in text and "rollback target" in text
+
+    # And down stops everything it started
+    release("down")
+    assert release.instances() == 0
+    assert not port_open(release.port)
+    assert release.status()["phase"] == "Absent"
+
+
+def test_flips_under_load_lose_no_request(release: Release) -> None:
+    release("up", "sample", "1")
+    windows: list[tuple[float, float, str]] = []  # a flip returned .. the next began: expected version
+    with Load(release.url, threads=16) as load:
+        time.sleep(0.5)
+        expected = "sample/1"
+        flip_started = time.monotonic()
+        for i in range(20):
+            args = ("promote", "2") if i % 2 == 0 else ("rollback",)
+            release(*args)
+            returned = time.monotonic()
+            if windows:
+                windows[-1] = (windows[-1][0], flip_started, windows[-1][2])
+            expected = "sample/2" if i % 2 == 0 else "sample/1"
+            assert release.serving() == expected, f"after flip {i + 1}"
+            windows.append((returned, float("inf"), expected))
+            time.sleep(0.2)
+            flip_started = time.monotonic()
+        time.sleep(0.3)
+    assert len(load.results) > 200, "the load generator barely ran"
+    assert load.failures() == [], f"{len(load.failures())} failed of {len(load.results)}"
+    late = [
+        (start, version, want)
+        for start, _, version, _ in load.results
+        for begin, end, want in windows
+        if begin < start < end and version != want
+    ]
+    assert late == [], "requests sent after a flip returned were served by the old version"
+    flips = [h for h in release.history() if h["action"] in ("promote", "rollback")]
+    assert len(flips) == 20 and all(h["outcome"] == "ok" for h in flips)
+
+
+def test_bad_candidates_are_refused_and_live_traffic_sees_nothing(release: Release) -> None:
+    release("up", "sample", "2")
+    with Load(release.url, threads=8) as load:
+        cases = {"3": "ready", "4": "smoke", "1": "gate", "5": "verify"}
+        for version, step in cases.items():
+            result = release("stage", version, check=False, SWITCHYARD_READY_TIMEOUT="4")
+            assert result.returncode == 1, result.stdout + result.stderr
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+            assert len(errors) == 1 and errors[0].startswith(f"error: {step} failed: "), result.stderr
+            assert release.instances() == 1, f"the {step} candidate was left running"
+        time.sleep(0.3)
+    assert load.failures() == []
+    assert {r[2] for r in load.results} == {"sample/2"}
+    failed = [(h["to_version"], h["step"]) for h in release.history() if h["outcome"] == "failed"]
+    assert failed == [(int(v), s) for v, s in cases.items()]
+    assert release.status()["phase"] == "Healthy"
+
+    forced = release("promote", "1", "--force")
+    assert "FORCED past" in forced.stderr
+    assert release.serving() == "sample/1"
+    assert release.history()[-1]["forced"] is True
+
+
+def test_refusals_say_what_is_allowed(release: Release) -> None:
+    refused = release("promote", check=False)
+    assert refused.returncode == 1 and "nothing is live; run `release.py up NAME VERSION` first" in refused.stderr
+    release("up", "sample", "1")
+    nothing = release("rollback", check=False)
+    assert nothing.returncode == 1 and "no previous slot" in nothing.stderr
+    unstaged = release("promote", check=False)
+    assert unstaged.returncode == 1 and "release.py stage VERSION" in unstaged.stderr
+    missing = release("stage", "99", check=False)
+    assert missing.returncode == 2 and "version 99 not found" in missing.stderr
+    assert "already live" in release("promote", "1").stdout
+
+
+def test_rollback_never_flips_to_a_dead_instance(release: Release) -> None:
+    release("up", "sample", "1")
+    release("promote", "2")
+    blue = next(s for s in release.status()["slots"] if s["color"] == "blue")
+    subprocess.run(["kill", "-9", blue["handle"].split(":")[0]], check=True)
+    time.sleep(0.3)
+    refused = release("rollback", check=False)
+    assert refused.returncode == 1 and "is not healthy" in refused.stderr and "refusing to flip" in refused.stderr
+    assert release.serving() == "sample/2"
+    status = release.status()
+    assert status["phase"] == "Healthy" and "rollback target blue (sample v1) is not ready" in status["reason"]
+
+
+@pytest.mark.parametrize("step", ["start", "ready", "smoke", "gate", "flip", "commit"])
+def test_kill_9_during_promote_is_reported_and_repaired(models: Path, tmp_path: Path, step: str) -> None:
+    release = Release(models, tmp_path / "run", "nginx" if shutil.which("nginx") else "builtin")
+    try:
+        release("up", "sample", "1")
+        proc = subprocess.Popen(
+            release.command("promote", "2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(SWITCHYARD_PAUSE_AT=step),
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"paused at {step}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+        status = release.status()
+        assert status["phase"] == "Progressing", status
+        # before the flip, `promote 2` is still staging v2
+        want = "promote" if step in ("flip", "commit") else "stage"
+        assert status["interrupted"]["action"] == want and status["interrupted"]["version"] == 2
+        live_now = release.serving()
+        assert live_now == ("sample/2" if step == "commit" else "sample/1")
+
+        again = release("promote", "2")
+        assert "repair:" in again.stderr
+        assert release.serving() == "sample/2"
+        status = release.status()
+        assert status["phase"] == "Healthy", status
+        assert release.instances() == 2  # live v2 and the rollback target v1: nothing leaked
+        assert any(h["outcome"] == "repaired" for h in release.history())
+    finally:
+        release("down", check=False)
+
+
+def test_two_promotes_at_once_one_wins(models: Path, tmp_path: Path) -> None:
+    release = Release(models, tmp_path / "run", "builtin")
+    try:
+        release("up", "sample", "1")
+        procs = [
+            subprocess.Popen(
+                release.command("promote", "2"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=clean_env(SWITCHYARD_LOCK_TIMEOUT="0.2"),
+                cwd=ROOT,
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        codes = sorted(code for code, _ in results)
+        assert codes == [0, 1], results
+        loser = next(err for code, err in results if code == 1)
+        assert "is still running" in loser and "try again" in loser
+        assert release.serving() == "sample/2"
+        assert release.status()["phase"] == "Healthy"
+    finally:
+        release("down", check=False)
+
+
+def test_a_stray_instance_is_found_and_stopped(models: Path, tmp_path: Path) -> None:
+    release = Release(models, tmp_path / "run", "builtin")
+    try:
+        release("up", "sample", "1")
+        settings = ControllerSettings(run_dir=release.run_dir)
+        ProcessBackend(settings).start(
+            color="green",
+            version=2,
+            model_dir=models / "sample" / "2",
+            sha256=read_manifest(models / "sample" / "2").artifact.sha256,
+        )
+        status = release.status()
+        assert status["phase"] == "Degraded" and "1 stray" in status["reason"]
+        release("stage", "2")
+        assert release.instances() == 2
+        assert release.status()["phase"] == "Staged"
+    finally:
+        release("down", check=False)
