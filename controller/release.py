@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """release.py: blue/green releases of model versions behind one stable address.
 
   up NAME VERSION     start the router and the first instance (idempotent)
