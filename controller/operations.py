@@ -115,9 +115,7 @@ class Deployment:
             events.append(Event("repair", "repaired", reason=f"stopped stray instance {handle}"))
         for handle in self.router_driver(facts).stray(facts.router):
             self.say(f"repair: stopping a stray router ({handle})")
-            from controller import procs
-
-            procs.terminate(handle)
+            self.router_driver(facts).remove_stray(handle)
             events.append(Event("repair", "repaired", reason=f"stopped stray router {handle}"))
         if events:
             self.store.save(facts, *events)
@@ -239,7 +237,13 @@ class Deployment:
 
     def up(self, name: str, version: int) -> str:
         with lock.exclusive(self.settings.run_dir, "up", self.settings.lock_timeout):
-            facts = self.repair(self.store.load())
+            facts = self.store.load()
+            if facts.active is None and facts.op is None:
+                # Before repair, which would stop what no fact accounts for: compose's router and blue.
+                adopted = self._adopt(name, version)
+                if adopted:
+                    return adopted
+            facts = self.repair(facts)
             if facts.active is not None:
                 return self._already_up(facts, name, version)
             from controller import procs
@@ -263,6 +267,35 @@ class Deployment:
             done = Facts(name=name, active="blue", slots={"blue": candidate}, router=router)
             self.store.save(done, Event("up", "ok", None, version, reason=f"router {driver.kind} at {router.url}"))
             return f"up: {name} v{version} is live at {router.url}/predict (router: {driver.kind})"
+
+    def _adopt(self, name: str, version: int) -> str | None:
+        """Take over a deployment started outside the controller (`docker compose up`): its router and
+        its one instance become this deployment's facts, after the same readiness and smoke checks."""
+        facts = Facts(name=name)
+        driver = self.router_driver(facts)
+        routers = driver.stray(None)
+        found = [f for f in self.backend.running() if self.backend.alive(f.handle)]
+        if len(routers) != 1 or len(found) != 1:
+            return None
+        if found[0].version != version:
+            raise UsageError(
+                f"a running {found[0].color} instance serves v{found[0].version}, not v{version}: "
+                f"run `up {name} {found[0].version}` to adopt it, or `down` first"
+            )
+        manifest = self.manifest(name, version)
+        instance = self.backend.adopt(found[0], manifest.artifact.sha256)
+        router = driver.adopt(routers[0])
+        if instance is None or router is None:
+            return None
+        self.say(f"up: adopting the running {instance.color} instance (v{version}) and its router")
+        self.say(f"up: {checks.wait_ready(self.backend, instance, manifest, self.settings.ready_timeout)}")
+        self.say(f"up: smoke: {checks.smoke(instance, manifest)}")
+        driver.point_to(router, instance.socket)
+        done = Facts(name=name, active=instance.color, slots={instance.color: instance}, router=router)
+        self.store.save(
+            done, Event("up", "ok", None, version, reason=f"adopted the running deployment at {router.url}")
+        )
+        return f"up: adopted {name} v{version}, live at {router.url}/predict (router: {driver.kind})"
 
     def _already_up(self, facts: Facts, name: str, version: int) -> str:
         assert facts.active is not None
@@ -407,9 +440,7 @@ class Deployment:
                 self.router_driver(facts).stop(facts.router)
                 stopped += 1
             for handle in self.router_driver(facts).stray(facts.router):
-                from controller import procs
-
-                procs.terminate(handle)
+                self.router_driver(facts).remove_stray(handle)
                 stopped += 1
             handles = {slot.handle for slot in facts.slots.values()}
             if facts.op and facts.op.candidate:

@@ -115,17 +115,22 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _short(handle: str) -> str:
+    """A pid, or a container id's first 12 characters."""
+    return handle.split(":")[0][:12]
+
+
 def print_status(status: dict[str, Any]) -> None:
     print(f"phase:  {status['phase']}: {status['reason']}")
     router = status["router"]
     if router:
         state = f"-> {router['target'] or 'nothing'}" if router["alive"] else "NOT RUNNING"
-        print(f"router: {router['url']} ({router['kind']}, {router['handle'].split(':')[0]}) {state}")
+        print(f"router: {router['url']} ({router['kind']}, {_short(router['handle'])}) {state}")
     for slot in status["slots"]:
         health = "ready" if slot["ready"] else "alive, not ready" if slot["alive"] else "NOT RUNNING"
         print(
             f"  {slot['color']:<6} {slot['role']:<9} {status['name']} v{slot['version']:<4} {slot['url']:<24} "
-            f"{health:<16} up {_age(slot['age_seconds']):<6} {slot['handle'].split(':')[0]}"
+            f"{health:<16} up {_age(slot['age_seconds']):<6} {_short(slot['handle'])}"
         )
         if slot["last_log"]:
             print(

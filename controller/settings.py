@@ -25,9 +25,11 @@ class ControllerSettings(BaseSettings):
     lock_timeout: float = Field(5.0, ge=0, description="seconds to wait for another command to finish")
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
     instance_workers: int = Field(1, ge=1, le=16, description="uvicorn workers per instance")
-    docker_image: str = "switchyard-service:latest"
-    docker_router_image: str = "switchyard-router:latest"
-    docker_network: str = "switchyard"
+    docker_image: str = Field("switchyard-service:latest", description="the service image (scripts/build-images)")
+    docker_router_image: str = Field("nginx:1.27", description="an image with nginx on its PATH")
+    docker_network: str = Field("switchyard", description="the network the router and instances share")
+    docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
+    docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")
 
     def resolved_router(self) -> Literal["nginx", "builtin"]:
         if self.router == "auto":
@@ -38,6 +40,11 @@ class ControllerSettings(BaseSettings):
     def run_id(self) -> str:
         """A short stable id of this deployment (its run dir), used in instance tags and socket paths."""
         return hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:12]
+
+    @property
+    def docker_sockets(self) -> Path:
+        """Shared by the router and instance containers; compose mounts ./.switchyard/docker-sockets."""
+        return (self.docker_socket_dir or self.run_dir / "docker-sockets").resolve()
 
     @property
     def socket_dir(self) -> Path:

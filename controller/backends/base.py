@@ -37,6 +37,10 @@ class Backend(Protocol):
 
     def logs(self, handle: str, lines: int = 12) -> str: ...
 
+    def adopt(self, found: Found, sha256: str) -> Instance | None:
+        """An instance started outside the controller (docker compose), as a record; None if unsupported."""
+        ...
+
     def running(self) -> list[Found]:
         """Every instance of this deployment that exists now (the source of truth for orphans)."""
         ...

@@ -72,6 +72,9 @@ class ProcessBackend:
         matches = sorted(self.logs_dir.glob(f"*-{nonce}.log"))
         return procs.tail(matches[0], lines) if matches else ""
 
+    def adopt(self, found: Found, sha256: str) -> Instance | None:
+        return None  # its port and socket are only known to the controller that started it
+
     def running(self) -> list[Found]:
         found = []
         for pid, tag in procs.tagged(TAG, f"{self.settings.run_id}/").items():

@@ -42,6 +42,12 @@ class RouterDriver(Protocol):
         """Handles of router processes of this deployment that ``known`` does not account for."""
         ...
 
+    def remove_stray(self, handle: str) -> None: ...
+
+    def adopt(self, handle: str) -> Router | None:
+        """A router started outside the controller (docker compose), as a record; None if unsupported."""
+        ...
+
 
 def stray_from_pid_file(pid_file: Path, known: Router | None) -> list[str]:
     """A router that a crashed ``up`` started but never recorded is found through its pid file."""

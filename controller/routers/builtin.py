@@ -102,3 +102,9 @@ class BuiltinRouter:
     def stop(self, router: Router) -> None:
         procs.terminate(router.handle, grace=10.0)
         self.pid_file.unlink(missing_ok=True)
+
+    def remove_stray(self, handle: str) -> None:
+        procs.terminate(handle, grace=10.0)
+
+    def adopt(self, handle: str) -> Router | None:
+        return None  # its admin port is only known to the controller that started it
