@@ -55,7 +55,7 @@ def wait_ready(backend: Backend, instance: Instance, manifest: Manifest, timeout
         last = problem
         time.sleep(0.05)
     raise CheckFailed(
-        "ready", f"not ready within {timeout:.0f}s ({last}); last log lines:\n{backend.logs(instance.handle)}"
+        "ready", f"not ready within {timeout:g}s ({last}); last log lines:\n{backend.logs(instance.handle)}"
     )
 
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-from support import ROOT, SHARED_DATA
 
+import testmodels
 from pipeline.config import load_config
 from pipeline.train import train
+from service.artifact import Manifest, load_model, write_json
+from support import ROOT, SHARED_DATA, artifact_with_model
 
 for _key in [k for k in os.environ if k.startswith("SWITCHYARD_")]:
     del os.environ[_key]  # a developer's shell must not change what the tests see
@@ -29,3 +33,24 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "russell3000_yahoo.csv").is_file():
         pytest.skip(f"REAL DATA ABSENT: {SHARED_DATA} not found; the real-data checks did not run")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sample/1 rules, sample/2 tf-idf, plus broken candidates: 3 never ready, 4 fails the smoke test,
+    5 has a wrong hash."""
+    root = tmp_path_factory.mktemp("release-models")
+    shutil.copytree(registry / "sample", root / "sample")
+    source = root / "sample" / "2"
+    inner, manifest = load_model(source)
+    artifact_with_model(source, root, "sample", testmodels.SlowFirstCall(inner, 3600.0))
+    wrong_golden = [
+        g.model_copy(update={"predicted": "Utilities" if g.predicted != "Utilities" else "Energy"})
+        for g in manifest.golden
+    ]
+    artifact_with_model(source, root, "sample", inner, golden=[g.model_dump() for g in wrong_golden])
+    bad_hash = artifact_with_model(source, root, "sample", inner)
+    data = json.loads((bad_hash / "manifest.json").read_text())
+    data["artifact"]["sha256"] = "f" * 64
+    write_json(bad_hash / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+    return root

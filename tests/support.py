@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from controller.backends.process import ProcessBackend
+from controller.settings import ControllerSettings
 from service.artifact import Manifest, read_manifest, write_json, write_model_file, write_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +114,96 @@ def artifact_with_model(source: Path, models_dir: Path, name: str, model: Any, *
 def predict(url: str, body: Any, **kwargs: Any) -> httpx.Response:
     kwargs.setdefault("timeout", 30.0)
     return httpx.post(url + "/predict", json=body, **kwargs)
+
+
+ENERGY = {"description": "We explore for crude oil and natural gas and operate pipelines and refineries."}
+
+
+@dataclass
+class Release:
+    """The release.py command line for one deployment (its own run dir and router port)."""
+
+    models: Path
+    run_dir: Path
+    router: str
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            str(ROOT / "controller" / "release.py"),
+            *args,
+            "--models-dir",
+            str(self.models),
+            "--run-dir",
+            str(self.run_dir),
+            "--router",
+            self.router,
+            "--port",
+            str(self.port),
+        ]
+
+    def __call__(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        env.setdefault("SWITCHYARD_READY_TIMEOUT", "20")
+        result = subprocess.run(
+            self.command(*args), capture_output=True, text=True, env=clean_env(**env), cwd=ROOT, timeout=120
+        )
+        if check:
+            assert result.returncode == 0, f"release.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self("status", "--json").stdout)
+
+    def history(self) -> list[dict[str, Any]]:
+        return json.loads(self("history", "--json").stdout)
+
+    def serving(self) -> str | None:
+        response = httpx.post(self.url + "/predict", json=ENERGY, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers.get("x-model-version")
+
+    def instances(self) -> int:
+        return len(ProcessBackend(ControllerSettings(run_dir=self.run_dir)).running())
+
+
+class Load:
+    """``threads`` clients, each on one keep-alive connection with retries off, until stopped."""
+
+    def __init__(self, url: str, threads: int = 16, max_seconds: float = 240.0) -> None:
+        self.url = url + "/predict"
+        self.results: list[tuple[float, int, str | None, str | None]] = []  # start, status, version, error
+        self.stopping = threading.Event()
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.lock = threading.Lock()
+
+    def _run(self) -> None:
+        transport = httpx.HTTPTransport(retries=0)
+        with httpx.Client(transport=transport, timeout=15.0) as client:
+            while not self.stopping.is_set() and time.monotonic() < self.deadline:
+                started = time.monotonic()
+                try:
+                    response = client.post(self.url, json=ENERGY)
+                    row = (started, response.status_code, response.headers.get("x-model-version"), None)
+                except httpx.HTTPError as exc:
+                    row = (started, 0, None, repr(exc))
+                with self.lock:
+                    self.results.append(row)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def failures(self) -> list[tuple[float, int, str | None, str | None]]:
+        return [r for r in self.results if r[1] != 200 or r[2] not in ("sample/1", "sample/2")]

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, clean_env
 
 from pipeline.cli import main as pipeline_main
 from service.artifact import (
@@ -21,6 +20,7 @@ from service.artifact import (
     verify,
     write_version,
 )
+from support import ROOT, clean_env
 
 CONFIGS = ROOT / "pipeline" / "configs"
 

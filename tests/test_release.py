@@ -3,28 +3,21 @@ a real SQLite state file, and a load generator on 127.0.0.1 during every flip.""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import testmodels
-from support import ROOT, artifact_with_model, clean_env, free_port, port_open
 
 from controller.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
-from service.artifact import Manifest, load_model, read_manifest, write_json
+from service.artifact import read_manifest
+from support import ENERGY, ROOT, Load, Release, clean_env, port_open
 
-ENERGY = {"description": "We explore for crude oil and natural gas and operate pipelines and refineries."}
 ROUTERS = [
     pytest.param(
         "nginx",
@@ -36,122 +29,11 @@ ROUTERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sample/1 rules, sample/2 tf-idf, plus broken candidates: 3 never ready, 4 fails the smoke test,
-    5 has a wrong hash."""
-    root = tmp_path_factory.mktemp("release-models")
-    shutil.copytree(registry / "sample", root / "sample")
-    source = root / "sample" / "2"
-    inner, manifest = load_model(source)
-    artifact_with_model(source, root, "sample", testmodels.SlowFirstCall(inner, 3600.0))
-    wrong_golden = [
-        g.model_copy(update={"predicted": "Utilities" if g.predicted != "Utilities" else "Energy"})
-        for g in manifest.golden
-    ]
-    artifact_with_model(source, root, "sample", inner, golden=[g.model_dump() for g in wrong_golden])
-    bad_hash = artifact_with_model(source, root, "sample", inner)
-    data = json.loads((bad_hash / "manifest.json").read_text())
-    data["artifact"]["sha256"] = "f" * 64
-    write_json(bad_hash / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
-    return root
-
-
-@dataclass
-class Release:
-    """The release.py command line for one deployment (its own run dir and router port)."""
-
-    models: Path
-    run_dir: Path
-    router: str
-    port: int = field(default_factory=free_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self, *args: str) -> list[str]:
-        return [
-            sys.executable,
-            str(ROOT / "controller" / "release.py"),
-            *args,
-            "--models-dir",
-            str(self.models),
-            "--run-dir",
-            str(self.run_dir),
-            "--router",
-            self.router,
-            "--port",
-            str(self.port),
-        ]
-
-    def __call__(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-        env.setdefault("SWITCHYARD_READY_TIMEOUT", "20")
-        result = subprocess.run(
-            self.command(*args), capture_output=True, text=True, env=clean_env(**env), cwd=ROOT, timeout=120
-        )
-        if check:
-            assert result.returncode == 0, f"release.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self("status", "--json").stdout)
-
-    def history(self) -> list[dict[str, Any]]:
-        return json.loads(self("history", "--json").stdout)
-
-    def serving(self) -> str | None:
-        response = httpx.post(self.url + "/predict", json=ENERGY, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.headers.get("x-model-version")
-
-    def instances(self) -> int:
-        return len(ProcessBackend(ControllerSettings(run_dir=self.run_dir)).running())
-
-
 @pytest.fixture(params=ROUTERS)
 def release(request: pytest.FixtureRequest, models: Path, tmp_path: Path) -> Iterator[Release]:
     deployment = Release(models, tmp_path / "run", request.param)
     yield deployment
     deployment("down", check=False)
-
-
-class Load:
-    """``threads`` clients, each on one keep-alive connection with retries off, until stopped."""
-
-    def __init__(self, url: str, threads: int = 16, max_seconds: float = 240.0) -> None:
-        self.url = url + "/predict"
-        self.results: list[tuple[float, int, str | None, str | None]] = []  # start, status, version, error
-        self.stopping = threading.Event()
-        self.deadline = time.monotonic() + max_seconds
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        self.lock = threading.Lock()
-
-    def _run(self) -> None:
-        transport = httpx.HTTPTransport(retries=0)
-        with httpx.Client(transport=transport, timeout=15.0) as client:
-            while not self.stopping.is_set() and time.monotonic() < self.deadline:
-                started = time.monotonic()
-                try:
-                    response = client.post(self.url, json=ENERGY)
-                    row = (started, response.status_code, response.headers.get("x-model-version"), None)
-                except httpx.HTTPError as exc:
-                    row = (started, 0, None, repr(exc))
-                with self.lock:
-                    self.results.append(row)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def failures(self) -> list[tuple[float, int, str | None, str | None]]:
-        return [r for r in self.results if r[1] != 200 or r[2] not in ("sample/1", "sample/2")]
 
 
 def test_the_team_story_up_stage_promote_rollback(release: Release) -> None:

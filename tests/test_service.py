@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import testmodels
-from support import ServiceProcess, artifact_with_model, port_open, predict
 
+import testmodels
 from service.artifact import load_model, read_manifest
+from support import ServiceProcess, artifact_with_model, port_open, predict
 
 ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."
 

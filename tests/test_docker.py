@@ -1,0 +1,174 @@
+"""Containers for real: build the images, `docker compose up`, then release.py --backend docker.
+
+Images are built by scripts/build-images from local Debian base images (no registry here); set
+DOCKER_TEST_REGISTRY=1 to build from python:3.11-slim / nginx:1.27 instead. Skipped, loudly, only
+where no Docker engine answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.artifact import Manifest, write_json
+from support import ENERGY, ROOT, Load, Release, clean_env, free_port
+
+pytestmark = pytest.mark.docker
+
+
+def _engine() -> Any:
+    try:
+        import docker
+
+        engine = docker.from_env(timeout=10)
+        engine.ping()
+        return engine
+    except Exception as exc:  # any failure to reach the engine means: no docker here
+        pytest.skip(f"DOCKER ABSENT: no Docker engine answers ({exc}); the container tests did not run")
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    _engine()
+    env = clean_env()
+    if not os.environ.get("DOCKER_TEST_REGISTRY"):
+        env["LOCAL_BASE"] = "1"
+    result = subprocess.run(["scripts/build-images"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(line.split("=", 1) for line in result.stdout.split() if "=" in line)
+
+
+@pytest.fixture
+def deployment(images: dict[str, str], models: Path) -> Iterator[tuple[Release, dict[str, str]]]:
+    """A compose project of its own: unique labels, network, ports, socket folder and models copy."""
+    engine = _engine()
+    scratch = Path(tempfile.mkdtemp(prefix="switchyard-docker-", dir="/tmp"))
+    shutil.copytree(models, scratch / "models")
+    subprocess.run(["chmod", "-R", "a+rX", str(scratch)], check=True)  # the service runs as uid 10001
+    project = f"sytest{uuid.uuid4().hex[:6]}"
+    env = {
+        **images,
+        "SWITCHYARD_MODELS_DIR": str(scratch / "models"),
+        "SWITCHYARD_DOCKER_SOCKETS": str(scratch / "sockets"),
+        "SWITCHYARD_DOCKER_SOCKET_DIR": str(scratch / "sockets"),
+        "SWITCHYARD_DOCKER_PROJECT": project,
+        "SWITCHYARD_DOCKER_NETWORK": project,
+        "SWITCHYARD_MODEL_NAME": "sample",
+        "SWITCHYARD_MODEL_VERSION": "1",
+        "SWITCHYARD_BACKEND": "docker",
+    }
+    release = Release(scratch / "models", scratch / "run", "auto", free_port())
+    env["SWITCHYARD_ROUTER_PORT"] = str(release.port)
+    yield release, env
+    release("down", check=False, **env)
+    compose(env, project, "down", "--remove-orphans", check=False)
+    for container in engine.containers.list(all=True, filters={"label": f"switchyard.project={project}"}):
+        container.remove(force=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def compose(env: dict[str, str], project: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binary = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    result = subprocess.run(
+        [*binary, "-p", project, *args], cwd=ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def wait_serving(url: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.post(url + "/predict", json=ENERGY, timeout=5)
+            if response.status_code == 200:
+                return response.headers["x-model-version"]
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"nothing served {url}/predict within {timeout}s")
+
+
+def labelled(project: str, role: str) -> list[Any]:
+    return _engine().containers.list(filters={"label": [f"switchyard.project={project}", f"switchyard.role={role}"]})
+
+
+def test_compose_up_then_release_drives_containers_under_load(deployment: tuple[Release, dict[str, str]]) -> None:
+    release, env = deployment
+    project = env["SWITCHYARD_DOCKER_PROJECT"]
+    # Given `docker compose up` serves v1 through the nginx container
+    compose(env, project, "up", "-d")
+    assert wait_serving(release.url) == "sample/1"
+
+    # When release.py takes over, the compose deployment is adopted, not replaced
+    adopted = release("up", "sample", "1", **env)
+    assert "adopted" in adopted.stdout
+    (blue,) = labelled(project, "instance")
+    assert blue.labels["switchyard.color"] == "blue"
+
+    # Then 10 promote / rollback flips under 16 keep-alive clients lose no request
+    with Load(release.url, threads=16) as load:
+        for i in range(10):
+            release(*(("promote", "2") if i % 2 == 0 else ("rollback",)), **env)
+            assert release.serving() == ("sample/2" if i % 2 == 0 else "sample/1")
+            time.sleep(0.2)
+    assert len(load.results) > 100 and load.failures() == []
+
+    status = json.loads(release("status", "--json", **env).stdout)
+    assert status["phase"] == "Healthy" and status["router"]["kind"] == "docker-nginx"
+    colors = {c.labels["switchyard.color"]: c.labels["switchyard.version"] for c in labelled(project, "instance")}
+    assert colors == {"blue": "1", "green": "2"}
+    assert all(c.attrs["Config"]["User"] == "10001" for c in labelled(project, "instance"))
+
+    # And down removes what the backend runs, and nothing else
+    release("down", **env)
+    assert labelled(project, "instance") == [] and labelled(project, "router") == []
+
+
+def test_a_container_that_fails_its_checks_is_refused_and_removed(deployment: tuple[Release, dict[str, str]]) -> None:
+    release, env = deployment
+    project = env["SWITCHYARD_DOCKER_PROJECT"]
+    old = release.models / "sample" / "6"  # an artifact built for another scikit-learn: the service exits 3
+    shutil.copytree(release.models / "sample" / "2", old)
+    data = json.loads((old / "manifest.json").read_text())
+    data.update(version=6)
+    data["runtime"]["sklearn"] = "0.24.2"
+    write_json(old / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+    subprocess.run(["chmod", "-R", "a+rX", str(old)], check=True)
+
+    release("up", "sample", "1", **env)
+    with Load(release.url, threads=8) as load:
+        slow = release("stage", "2", check=False, SWITCHYARD_READY_TIMEOUT="0.3", **env)
+        assert slow.returncode == 1 and "error: ready failed: not ready within 0.3s" in slow.stderr
+        foreign = release("stage", "3", check=False, **env)  # its model class exists only in the tests
+        assert foreign.returncode == 1 and "error: ready failed: the instance exited with code 3" in foreign.stderr
+        assert "No module named 'testmodels'" in foreign.stderr  # the container's last log lines
+        old_sklearn = release("stage", "6", check=False, **env)
+        assert old_sklearn.returncode == 1 and "exited with code 3" in old_sklearn.stderr
+        assert "refusing to unpickle across minor versions" in old_sklearn.stderr
+    assert load.failures() == [] and {r[2] for r in load.results} == {"sample/1"}
+    history = json.loads(release("history", "--json", **env).stdout)
+    assert [(h["to_version"], h["step"]) for h in history if h["outcome"] == "failed"] == [
+        (2, "ready"),
+        (3, "ready"),
+        (6, "ready"),
+    ]
+    remaining = {
+        c.labels["switchyard.version"]
+        for c in _engine().containers.list(
+            all=True, filters={"label": [f"switchyard.project={project}", "switchyard.role=instance"]}
+        )
+    }
+    assert remaining == {"1"}
