@@ -48,6 +48,12 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------- model
 
 
+def train(config: str, models: Path) -> None:
+    """`python -m pipeline train` with one of the shipped configs, into ``models``."""
+    command = [sys.executable, "-m", "pipeline", "train", "--config", f"pipeline/configs/{config}.toml"]
+    subprocess.run([*command, "--models-dir", str(models)], cwd=ROOT, check=True, capture_output=True)
+
+
 def ensure_model() -> tuple[Path, list[str]]:
     """The newest industry model in bench/results/models (trained if absent) and 64 descriptions."""
     from service.artifact import list_versions
@@ -59,21 +65,7 @@ def ensure_model() -> tuple[Path, list[str]]:
     name = "industry" if real else "sample"
     if not list_versions(models, name):
         log(f"training the {config} model (once; reused by later runs)")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "train",
-                "--config",
-                f"pipeline/configs/{config}.toml",
-                "--models-dir",
-                str(models),
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        train(config, models)
     with data.open() as fh:
         texts = [row["description"] for row in csv.DictReader(fh)][:64]
     return models / name / str(list_versions(models, name)[-1]), texts

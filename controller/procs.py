@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _children: dict[str, subprocess.Popen[bytes]] = {}  # processes this controller started, for exit codes
 
 
@@ -35,6 +36,15 @@ def handle_of(pid: int) -> str:
 
 def pid_of(handle: str) -> int:
     return int(handle.split(":", 1)[0])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a process the controller starts: none of the controller's own SWITCHYARD_*
+    settings leak into it (a service would read them as its own), and this checkout is importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
 
 
 def spawn(argv: Sequence[str], *, log: Path, env: dict[str, str], cwd: Path | None = None) -> str:

@@ -39,6 +39,11 @@ class Invalid(ServiceError):
     code = "invalid_input"
 
 
+class MethodNotAllowed(ServiceError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class TooLarge(ServiceError):
     status = 413
     code = "payload_too_large"

@@ -15,7 +15,16 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from service.errors import BadRequest, Invalid, ModelFailure, NotReady, ServiceError, TooLarge, error_body
+from service.errors import (
+    BadRequest,
+    Invalid,
+    MethodNotAllowed,
+    ModelFailure,
+    NotReady,
+    ServiceError,
+    TooLarge,
+    error_body,
+)
 
 log = logging.getLogger("switchyard.service")
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -28,10 +37,12 @@ class PredictRoute:
         self.limit = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != "/predict":
             await self.app(scope, receive, send)
             return
         try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed("only POST is allowed on /predict", headers={"Allow": "POST"})
             status, body, headers = 200, await self._predict(scope, receive), JSON_HEADERS
         except ServiceError as exc:
             status, body = exc.status, error_body(exc.code, exc.message, exc.field)

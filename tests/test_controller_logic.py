@@ -142,3 +142,12 @@ def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
         "reason": "r",
         "forced": True,
     }
+
+
+def test_compose_runs_the_same_nginx_config_as_the_docker_backend() -> None:
+    from controller.routers.nginx import render_docker_config
+    from support import ROOT
+
+    assert (ROOT / "docker" / "nginx.conf").read_text() == render_docker_config(), (
+        "regenerate it: python -m controller.routers.nginx > docker/nginx.conf"
+    )

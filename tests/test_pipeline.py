@@ -287,3 +287,21 @@ def test_real_data_meets_the_quality_bar(shared_data: Path, tmp_path: Path) -> N
     bloomberg = manifest.metrics["eval_sets"]["bloomberg"]
     assert bloomberg["rows"] == 2732 and bloomberg["accuracy"] > 0.8
     assert len(manifest.labels) == 11 and manifest.dataset.rows == 2871
+
+
+def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) -> None:
+    import numpy as np
+
+    from pipeline import kinds
+    from pipeline.config import load_config
+    from pipeline.data import load_dataset
+    from service.linear import CalibratedLinearText
+
+    config = load_config(CONFIGS / "sample.toml")
+    data = load_dataset(config.data.path, config.data)
+    fitted = kinds.build(config.model).fit(data.inputs[:500], data.labels[:500])
+    served, form = kinds.for_serving(fitted, data.inputs[500:])
+    assert form == "CalibratedLinearText" and isinstance(served, CalibratedLinearText)
+    held_out = data.inputs[500:]
+    np.testing.assert_allclose(served.predict_proba(held_out), fitted.predict_proba(held_out), rtol=0, atol=1e-12)
+    assert read_manifest(registry / "sample" / "2").model["serving_form"] == "CalibratedLinearText"

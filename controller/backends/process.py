@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -12,7 +11,6 @@ from controller.backends.base import Found
 from controller.settings import ControllerSettings
 from controller.state import Instance
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TAG = "SWITCHYARD_INSTANCE"
 
 
@@ -28,9 +26,7 @@ class ProcessBackend:
         port = procs.free_port()
         self.settings.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         sock = self.settings.socket_dir / f"{color}-{nonce}.sock"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-        env[TAG] = f"{self.settings.run_id}/{color}/{version}/{nonce}"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        env = procs.child_env(**{TAG: f"{self.settings.run_id}/{color}/{version}/{nonce}"})
         argv = [
             sys.executable,
             "-m",
@@ -46,7 +42,7 @@ class ProcessBackend:
             "--workers",
             str(self.settings.instance_workers),
         ]
-        handle = procs.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=PROJECT_ROOT)
+        handle = procs.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=procs.PROJECT_ROOT)
         return Instance(
             color=color, version=version, handle=f"{handle}:{nonce}", port=port, socket=str(sock), sha256=sha256
         )

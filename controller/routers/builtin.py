@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from pathlib import Path
 
 import httpx
 
@@ -15,8 +14,6 @@ from controller.errors import NeedsOperator
 from controller.routers.base import stray_from_pid_file, wait_listening
 from controller.settings import ControllerSettings
 from controller.state import Router
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class BuiltinRouter:
@@ -39,8 +36,7 @@ class BuiltinRouter:
     def start(self, upstream: str) -> Router:
         self._token()
         admin_port = procs.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        env = procs.child_env()
         argv = [
             sys.executable,
             "-m",
@@ -56,7 +52,7 @@ class BuiltinRouter:
             "--pid-file",
             str(self.pid_file.resolve()),
         ]
-        handle = procs.spawn(argv, log=self.log, env=env, cwd=PROJECT_ROOT)
+        handle = procs.spawn(argv, log=self.log, env=env, cwd=procs.PROJECT_ROOT)
         router = Router(
             kind=self.kind,
             host=self.settings.router_host,

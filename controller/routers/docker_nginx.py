@@ -9,14 +9,14 @@ from pathlib import Path
 from controller import docker_client as dc
 from controller.errors import NeedsOperator
 from controller.routers.base import wait_listening
-from controller.routers.nginx import SymlinkFlip, render_docker_config
+from controller.routers.nginx import SymlinkFlip, SymlinkRouting, render_docker_config
 from controller.settings import ControllerSettings
 from controller.state import Router
 
 ROUTER_PORT = "80/tcp"
 
 
-class DockerNginxRouter:
+class DockerNginxRouter(SymlinkRouting):
     kind = "docker-nginx"
 
     def __init__(self, settings: ControllerSettings) -> None:
@@ -62,13 +62,6 @@ class DockerNginxRouter:
             return None
         port = dc.published_port(container, ROUTER_PORT)
         return Router(kind=self.kind, host="127.0.0.1", port=port, handle=container.id)
-
-    def point_to(self, router: Router, upstream: str) -> None:
-        if self.current(router) != upstream:
-            self.flip.swap(upstream)
-
-    def current(self, router: Router) -> str | None:
-        return self.flip.current() if self.alive(router) else None
 
     def alive(self, router: Router) -> bool:
         container = dc.get(self.engine, router.handle)

@@ -119,7 +119,23 @@ class SymlinkFlip:
         self.live.unlink(missing_ok=True)
 
 
-class NginxRouter:
+class SymlinkRouting:
+    """Flips for routers that follow ``live.sock``: the local nginx and the nginx container."""
+
+    flip: SymlinkFlip
+
+    def alive(self, router: Router) -> bool:
+        raise NotImplementedError
+
+    def point_to(self, router: Router, upstream: str) -> None:
+        if self.current(router) != upstream:
+            self.flip.swap(upstream)
+
+    def current(self, router: Router) -> str | None:
+        return self.flip.current() if self.alive(router) else None
+
+
+class NginxRouter(SymlinkRouting):
     kind = "nginx"
 
     def __init__(self, settings: ControllerSettings) -> None:
@@ -166,8 +182,9 @@ class NginxRouter:
         self.flip.swap(upstream)
         self._write_config()
         log = self.prefix / "stderr.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-        handle = procs.spawn([self.binary, "-p", str(self.prefix), "-c", str(self.conf)], log=log, env=env)
+        handle = procs.spawn(
+            [self.binary, "-p", str(self.prefix), "-c", str(self.conf)], log=log, env=procs.child_env()
+        )
         router = Router(kind=self.kind, host=self.settings.router_host, port=self.settings.router_port, handle=handle)
         wait_listening(
             router.url, lambda: procs.alive(handle), 10.0, procs.tail(log) + procs.tail(self.prefix / "error.log")
@@ -178,13 +195,6 @@ class NginxRouter:
         """A config change (not a flip) is applied by a graceful reload, after `nginx -t`."""
         if self._write_config():
             os.kill(procs.pid_of(router.handle), signal.SIGHUP)
-
-    def point_to(self, router: Router, upstream: str) -> None:
-        if self.current(router) != upstream:
-            self.flip.swap(upstream)
-
-    def current(self, router: Router) -> str | None:
-        return self.flip.current() if self.alive(router) else None
 
     def alive(self, router: Router) -> bool:
         return procs.alive(router.handle)
