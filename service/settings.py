@@ -13,25 +13,25 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", protected_namespaces=())
 
     model: Path = Field(description="an artifact version folder, e.g. models/industry/3")
-    host: str = "127.0.0.1"
-    port: int = Field(8001, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
+    port: int = Field(8001, ge=0, le=65535, description="TCP port for clients, health checks and previews")
     uds: Path | None = Field(None, description="also listen on this unix socket (the router's upstream)")
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=64, description="worker processes; each binds the port with SO_REUSEPORT")
     threads_per_worker: int | None = Field(
         None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: cores // workers"
     )
     max_batch_size: int = Field(64, ge=1, le=10_000, description="rows per model call when batching")
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait to fill a batch under load")
-    batching: bool = True
+    batching: bool = Field(True, description="gather concurrent requests into one model call")
     max_queue_rows: int = Field(4096, ge=1, description="rows waiting beyond this are shed with 503")
     max_instances: int = Field(256, ge=1, description="instances per request")
     max_text_length: int = Field(20_000, ge=1, description="characters per text field")
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request body size limit (413 above)")
-    allow_version_mismatch: bool = False
+    allow_version_mismatch: bool = Field(False, description="load a model built with another scikit-learn minor")
     graceful_timeout: float = Field(10.0, ge=0.0, description="seconds to finish in-flight requests on SIGTERM")
     keep_alive_timeout: int = Field(75, ge=1, description="outlasts the routers' upstream keep-alive")
-    access_log: bool = True
-    log_level: str = "info"
+    access_log: bool = Field(True, description="one JSON line per request on stderr")
+    log_level: str = Field("info", description="debug | info | warning | error")
 
     @field_validator("model")
     @classmethod

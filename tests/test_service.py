@@ -369,3 +369,18 @@ def test_schemathesis_finds_no_server_error(text_service: ServiceProcess) -> Non
         timeout=500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_overload_is_shed_with_503_and_retry_after(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2")
+    sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.5))
+    with ServiceProcess(sleepy, "--max-queue-rows", "2", "--max-batch-size", "2") as service:
+        service.wait_ready()
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: predict(service.url, {"description": ENERGY}), range(12)))
+        shed = [r for r in responses if r.status_code == 503]
+        assert shed, "a full queue must shed load"
+        assert all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1" for r in shed)
+        assert all(r.status_code in (200, 503) for r in responses)
+        assert any(r.status_code == 200 for r in responses)
+        assert predict(service.url, {"description": ENERGY}).status_code == 200  # and it recovers
