@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from controller import loopback
 from controller.backends.base import Backend
 from controller.errors import CheckFailed
 from controller.state import Instance
@@ -28,7 +29,7 @@ def identity_problem(body: dict[str, Any], manifest: Manifest) -> str | None:
 def probe(instance: Instance, manifest: Manifest, timeout: float = 1.0) -> str | None:
     """None if the instance is ready and serves exactly ``manifest``; otherwise why not."""
     try:
-        response = httpx.get(instance.url + "/readyz", timeout=timeout)
+        response = loopback.client().get(instance.url + "/readyz", timeout=timeout)
     except httpx.TransportError as exc:
         return f"no answer ({type(exc).__name__})"
     if response.status_code != 200:
@@ -65,7 +66,9 @@ def smoke(instance: Instance, manifest: Manifest) -> str:
     if not golden:
         return "no golden rows in the manifest: smoke test skipped"
     try:
-        response = httpx.post(instance.url + "/predict", json={"instances": [g.input for g in golden]}, timeout=30)
+        response = loopback.client().post(
+            instance.url + "/predict", json={"instances": [g.input for g in golden]}, timeout=30
+        )
     except httpx.TransportError as exc:
         raise CheckFailed("smoke", f"/predict did not answer: {exc}") from exc
     if response.status_code != 200:
@@ -124,3 +127,21 @@ def gate(candidate: Manifest, live: Manifest | None, tolerance: float) -> GateDe
     if worse:
         return GateDecision(False, "; ".join(parts) + f"; worse than live beyond tolerance {tolerance}")
     return GateDecision(True, "; ".join(parts))
+
+
+def wait_router_connections_closed(instance: Instance, timeout: float = 5.0) -> int:
+    """After a flip: wait until the old instance holds no router connection (so every new request
+    goes to the new one). Returns how many were still open when the wait ended."""
+    deadline = time.monotonic() + timeout
+    remaining = -1
+    while time.monotonic() < deadline:
+        try:
+            remaining = int(
+                loopback.client().get(instance.url + "/readyz", timeout=1.0).json().get("router_connections", 0)
+            )
+        except (httpx.TransportError, ValueError):
+            return 0  # it is gone: so are its connections
+        if remaining == 0:
+            return 0
+        time.sleep(0.005)
+    return remaining

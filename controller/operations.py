@@ -419,7 +419,14 @@ class Deployment:
             driver.point_to(facts.router, facts.slots[facts.active].socket)
             self.store.save(facts.replace(op=None))
             raise NeedsOperator(f"the router did not take the flip to {target}; live traffic left on {facts.active}")
+        # Routers that pool upstream connections (nginx) would keep sending requests over the old
+        # instance's open connections: have it close them, and return only once it has.
+        old = facts.slots[facts.active]
+        self.backend.close_router_connections(old.handle)
+        left = checks.wait_router_connections_closed(old)
         elapsed = (time.perf_counter() - started) * 1000
+        if left:
+            self.say(f"{action}: warning: v{old.version} still had {left} router connection(s) after 5 s")
         self._checkpoint("commit")
         from_version = self._version(facts, facts.active)
         done = facts.replace(active=target, previous=facts.active, staged=None, op=None)

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python controller/release.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python controller/release.py`: import from the project root,
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # not from controller/ (no stdlib shadowing)
 
 from pydantic import ValidationError
 

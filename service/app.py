@@ -7,7 +7,9 @@ rows has succeeded. If loading fails, the process exits non-zero (see :mod:`serv
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +47,9 @@ class ModelState:
         self.batcher: MicroBatcher | None = None
         self.failure: str | None = None
         self.on_fatal: Callable[[], None] = lambda: None
+        # Set by the server: close the router's (unix socket) connections, count them.
+        self.close_router_connections: Callable[[], None] = lambda: None
+        self.router_connections: Callable[[], int] = lambda: 0
 
     def counts(self) -> tuple[dict[str, int], int]:
         if self.predictor is None or self.batcher is None:
@@ -97,6 +102,9 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = threading.Thread(target=state.load, name="model-loader", daemon=True)
         loader.start()
+        # After a flip the controller sends SIGUSR1: the router's pooled connections to this instance
+        # close (idle ones at once, busy ones after their response), so new requests reach the new one.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: state.close_router_connections())
         yield
         if state.batcher:
             state.batcher.close()
@@ -148,7 +156,13 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
         if state.predictor is None:
             raise NotReady(state.failure or "the model is still loading", headers={"Retry-After": "1"})
         return _json(
-            {"status": "ready", "name": manifest.name, "version": manifest.version, "sha256": manifest.artifact.sha256}
+            {
+                "status": "ready",
+                "name": manifest.name,
+                "version": manifest.version,
+                "sha256": manifest.artifact.sha256,
+                "router_connections": state.router_connections(),
+            }
         )
 
     @app.get("/metadata", responses=openapi.simple("what a client needs to know about the model"))

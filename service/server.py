@@ -109,6 +109,16 @@ def run_worker(
     )
     server = uvicorn.Server(config)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
+
+    def router_side() -> list[Any]:  # connections accepted on the unix socket (a str sockname)
+        return [c for c in server.server_state.connections if isinstance(_sockname(c), str)]
+
+    def close_router_connections() -> None:
+        for connection in router_side():
+            connection.shutdown()  # uvicorn's own: closes if idle, else after the response
+
+    state.close_router_connections = close_router_connections
+    state.router_connections = lambda: len(router_side())
     # uvicorn drains on SIGTERM/SIGINT, then restores the previous handler and re-raises the signal;
     # a no-op previous handler turns a completed graceful shutdown into exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,6 +127,11 @@ def run_worker(
     if state.failure:
         return EXIT_ARTIFACT
     return 0
+
+
+def _sockname(connection: Any) -> Any:
+    transport = getattr(connection, "transport", None)
+    return transport.get_extra_info("sockname") if transport is not None else None
 
 
 def _child(settings_json: str, uds: socket.socket | None, all_ready: Any) -> None:
@@ -168,6 +183,13 @@ def _supervise(settings: ServiceSettings, uds: socket.socket | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.pid and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGUSR1, forward)
     log.info(f"started {settings.workers} workers on {settings.host}:{settings.port}")
     code = 0
     while any(child.is_alive() for child in children):

@@ -20,7 +20,7 @@ class ServiceSettings(BaseSettings):
     threads_per_worker: int | None = Field(
         None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: cores // workers"
     )
-    max_batch_size: int = Field(64, ge=1, le=10_000, description="rows per model call when batching")
+    max_batch_size: int = Field(128, ge=1, le=10_000, description="rows per model call when batching")
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait to fill a batch under load")
     batching: bool = Field(True, description="gather concurrent requests into one model call")
     max_queue_rows: int = Field(4096, ge=1, description="rows waiting beyond this are shed with 503")

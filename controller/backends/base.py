@@ -31,6 +31,10 @@ class Backend(Protocol):
 
     def alive(self, handle: str) -> bool: ...
 
+    def close_router_connections(self, handle: str) -> None:
+        """Ask the instance to close the router's pooled connections to it (SIGUSR1)."""
+        ...
+
     def exit_code(self, handle: str) -> int | None:
         """The exit code if it has exited and the backend knows it."""
         ...

@@ -7,6 +7,7 @@ started, and ones a crashed controller never recorded.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ class DockerBackend:
 
     def stop(self, handle: str) -> None:
         dc.remove(self.engine, handle)
+
+    def close_router_connections(self, handle: str) -> None:
+        from docker.errors import APIError
+
+        container = dc.get(self.engine, handle)
+        if container is not None and self.alive(handle):
+            with contextlib.suppress(APIError):  # it stopped meanwhile: its connections are gone anyway
+                container.kill(signal="SIGUSR1")
 
     def alive(self, handle: str) -> bool:
         state = self._state(handle)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -59,6 +61,10 @@ class ProcessBackend:
 
     def alive(self, handle: str) -> bool:
         return procs.alive(self._proc(handle))
+
+    def close_router_connections(self, handle: str) -> None:
+        if self.alive(handle):
+            os.kill(procs.pid_of(handle), signal.SIGUSR1)
 
     def exit_code(self, handle: str) -> int | None:
         return procs.exit_code(self._proc(handle))

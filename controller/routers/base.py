@@ -8,7 +8,7 @@ from typing import Protocol
 
 import httpx
 
-from controller import procs
+from controller import loopback, procs
 from controller.errors import NeedsOperator
 from controller.state import Router
 
@@ -68,7 +68,7 @@ def wait_listening(url: str, alive: object, timeout: float, log: str) -> None:
         if callable(alive) and not alive():
             raise NeedsOperator(f"the router exited while starting; its log says:\n{log}")
         try:
-            if httpx.get(url + HEALTH_PATH, timeout=0.5).status_code == 200:
+            if loopback.client().get(url + HEALTH_PATH, timeout=0.5).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -9,7 +9,7 @@ import sys
 
 import httpx
 
-from controller import procs
+from controller import loopback, procs
 from controller.errors import NeedsOperator
 from controller.routers.base import stray_from_pid_file, wait_listening
 from controller.settings import ControllerSettings
@@ -65,7 +65,7 @@ class BuiltinRouter:
 
     def _admin(self, router: Router, method: str, body: dict[str, str] | None = None) -> httpx.Response:
         try:
-            return httpx.request(
+            return loopback.client().request(
                 method,
                 f"http://127.0.0.1:{router.admin_port}/upstream",
                 json=body,

@@ -1,8 +1,9 @@
 """nginx as the router, started by the controller with a config generated under the run dir.
 
 A flip does not reload nginx. nginx proxies to ``live.sock``, a symlink to the live instance's unix
-socket, without upstream keep-alive, so every request connects through the symlink; a flip swaps the
-symlink atomically with rename(2). Reloading instead would close idle client keep-alive connections,
+socket; a flip swaps the symlink atomically with rename(2), so every new connection reaches the new
+instance, and then retires the old instance's pooled connections (the controller asks it to close
+them and waits until it has). Reloading instead would close idle client keep-alive connections,
 racing with clients that send a request at that moment: a failed request with retries off. nginx is
 reloaded (after ``nginx -t``) only when its config itself changes.
 """
@@ -42,6 +43,10 @@ http {{
     upstream live {{
         # max_fails=0: a failed connect during a flip must not mark the only server down for 10s.
         server unix:{live} max_fails=0;
+        # Pooled connections (uvicorn's per-connection setup costs more than the request). A flip
+        # retires the old instance's pooled connections: see controller/operations.py.
+        keepalive 64;
+        keepalive_timeout 60s;
     }}
     server {{
         listen {listen} backlog=4096;
@@ -56,6 +61,10 @@ http {{
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_read_timeout 60s;
+            # A pooled connection the old instance closed after a flip is retried on a fresh one;
+            # nothing was processed on it, and /predict has no side effects.
+            proxy_next_upstream error non_idempotent;
+            proxy_next_upstream_tries 3;
             proxy_intercept_errors off;
         }}
         error_page 502 503 504 = @unavailable;
