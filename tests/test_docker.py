@@ -24,7 +24,8 @@ import pytest
 from service.artifact import Manifest, write_json
 from support import ENERGY, ROOT, Load, Release, clean_env, free_port
 
-pytestmark = pytest.mark.docker
+# The first test builds the images (debootstrap on a new machine): more than the default 300 s.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 
 def _engine() -> Any:
