@@ -124,43 +124,27 @@ class Deployment:
     def _finish_interrupted(self, facts: Facts, op: Op) -> tuple[Facts, Event]:
         candidate = op.candidate
         driver = self.router_driver(facts)
+
+        def repaired(reason: str) -> Event:
+            return Event(op.action, "repaired", self._version(facts, facts.active), op.version, op.step, reason)
+
         routed = (
             facts.router is not None and candidate is not None and (driver.current(facts.router) == candidate.socket)
         )
-        if op.step == "flip" and candidate is not None and routed:
+        if op.step == "flip" and routed:
             # The router already sends traffic to the candidate, which passed every check: roll forward.
-            previous = facts.active
-            done = facts.replace(active=op.color, previous=previous, staged=None, op=None)
+            done = facts.replace(active=op.color, previous=facts.active, staged=None, op=None)
             self.say(f"repair: completing the interrupted {op.action}: {op.color} (v{op.version}) is live")
-            return done, Event(
-                op.action,
-                "repaired",
-                self._version(facts, previous),
-                op.version,
-                op.step,
-                "interrupted after the router flipped; completed",
-            )
+            return done, repaired("interrupted after the router flipped; completed")
         if op.step == "flip" and facts.router is not None and facts.active is not None:
             driver.point_to(facts.router, facts.slots[facts.active].socket)  # undo a partial flip
             self.say(f"repair: the interrupted {op.action} never reached the router; live traffic unchanged")
-            return facts.replace(op=None), Event(
-                op.action,
-                "repaired",
-                self._version(facts, facts.active),
-                op.version,
-                op.step,
-                "interrupted before the flip took effect",
-            )
+            return facts.replace(op=None), repaired("interrupted before the flip took effect")
         if candidate is not None and candidate not in facts.slots.values():
             self.backend.stop(candidate.handle)
         self.say(f"repair: stopped the half-started {op.action} of v{op.version} (it had reached {op.step!r})")
-        return facts.replace(op=None), Event(
-            op.action,
-            "repaired",
-            self._version(facts, facts.active),
-            op.version,
-            op.step,
-            f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged",
+        return facts.replace(op=None), repaired(
+            f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged"
         )
 
     @staticmethod

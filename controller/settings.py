@@ -26,7 +26,7 @@ class ControllerSettings(BaseSettings):
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
     instance_workers: int = Field(1, ge=1, le=16, description="uvicorn workers per instance")
     docker_image: str = Field("switchyard-service:latest", description="the service image (scripts/build-images)")
-    docker_router_image: str = Field("nginx:1.27", description="an image with nginx on its PATH")
+    docker_router_image: str = Field("switchyard-router:latest", description="docker/router/Dockerfile's image")
     docker_network: str = Field("switchyard", description="the network the router and instances share")
     docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
     docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")

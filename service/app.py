@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -147,8 +148,8 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
 
     @app.get("/healthz", responses=openapi.simple("the process is alive"))
     async def healthz() -> Response:
-        """Liveness: the process answers."""
-        return _json({"status": "ok"})
+        """Liveness: the process answers (with its pid: which worker took this connection)."""
+        return _json({"status": "ok", "pid": os.getpid()})
 
     @app.get("/readyz", responses=openapi.simple("the model is loaded and warmed up", not_ready=True))
     async def readyz() -> Response:

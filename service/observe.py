@@ -32,7 +32,7 @@ class Metrics:
         self.latency = Histogram(
             "switchyard_request_duration_seconds",
             "HTTP request latency",
-            ["route"],
+            ["route", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -98,8 +98,9 @@ class Observe:
             elapsed = time.perf_counter() - started
             path = scope["path"]
             route = path if path in KNOWN_ROUTES else "other"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            code = str(status)
+            self.metrics.requests.labels(route, scope["method"], code).inc()
+            self.metrics.latency.labels(route, code).observe(elapsed)
             if self.log_requests:
                 access_log.info(
                     orjson.dumps(

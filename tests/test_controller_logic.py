@@ -148,6 +148,6 @@ def test_compose_runs_the_same_nginx_config_as_the_docker_backend() -> None:
     from controller.routers.nginx import render_docker_config
     from support import ROOT
 
-    assert (ROOT / "docker" / "nginx.conf").read_text() == render_docker_config(), (
-        "regenerate it: python -m controller.routers.nginx > docker/nginx.conf"
+    assert (ROOT / "docker" / "router" / "nginx.conf").read_text() == render_docker_config(), (
+        "regenerate it: python -m controller.routers.nginx > docker/router/nginx.conf"
     )

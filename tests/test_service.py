@@ -158,14 +158,18 @@ def test_request_id_is_echoed_and_generated(text_service: ServiceProcess) -> Non
     generated = httpx.get(text_service.url + "/healthz")
     assert len(generated.headers["x-request-id"]) == 32
     assert generated.headers["x-model-version"] == "sample/2"
-    log_lines = [json.loads(line) for line in text_service.output().splitlines() if '"request_id"' in line]
-    mine = [line for line in log_lines if line["request_id"] == "abc-123"]
+    deadline = time.monotonic() + 5  # the access line is written just after the response is sent
+    mine: list[dict[str, object]] = []
+    while not mine and time.monotonic() < deadline:
+        complete = text_service.output().split("\n")[:-1]  # the last piece may be a line being written
+        mine = [json.loads(line) for line in complete if '"request_id":"abc-123"' in line]
+        time.sleep(0.02)
     assert mine and mine[0]["route"] == "/predict" and mine[0]["status"] == 200
     assert mine[0]["model_version"] == "sample/2" and mine[0]["batch_size"] == 1 and mine[0]["latency_ms"] > 0
 
 
 def test_metadata_health_and_openapi(text_service: ServiceProcess) -> None:
-    assert httpx.get(text_service.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(text_service.url + "/healthz").json() == {"status": "ok", "pid": text_service.proc.pid}
     ready = httpx.get(text_service.url + "/readyz").json()
     assert ready["status"] == "ready" and ready["version"] == 2 and len(ready["sha256"]) == 64
     meta = httpx.get(text_service.url + "/metadata").json()
@@ -196,7 +200,8 @@ def test_metrics_count_what_was_sent(registry: Path) -> None:
         text = httpx.get(service.url + "/metrics").text
     assert _metric(text, "switchyard_requests_total", route="/predict", status="200") == 3
     assert _metric(text, "switchyard_requests_total", route="/predict", status="422") == 1
-    assert _metric(text, "switchyard_request_duration_seconds_count", route="/predict") == 4
+    assert _metric(text, "switchyard_request_duration_seconds_count", route="/predict", status="200") == 3
+    assert _metric(text, "switchyard_request_duration_seconds_count", route="/predict", status="422") == 1
     assert _metric(text, "switchyard_predictions_total", label="Energy") == 3
     assert _metric(text, "switchyard_model_info", name="sample", version="2") == 1
 
@@ -330,6 +335,10 @@ def test_a_cancelled_client_does_not_break_its_batch(registry: Path, tmp_path: P
 def test_two_workers_serve_and_stop_cleanly(registry: Path) -> None:
     with ServiceProcess(registry / "sample" / "2", "--workers", "2") as service:
         service.wait_ready()
+        # Each new connection is a new 4-tuple, which SO_REUSEPORT hashes to one worker's socket.
+        pids = [httpx.get(service.url + "/healthz").json()["pid"] for _ in range(40)]
+        assert len(set(pids)) == 2 and service.proc.pid not in pids
+        assert min(pids.count(p) for p in set(pids)) >= 5, "connections should spread across workers"
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: predict(service.url, {"description": ENERGY}).status_code, range(40)))
         assert codes == [200] * 40

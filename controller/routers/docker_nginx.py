@@ -1,5 +1,7 @@
 """nginx in a container as the router: the same config and the same symlink flip as the local nginx
-router, with the socket folder bind-mounted into the router and every instance container."""
+router, with the socket folder bind-mounted into the router and every instance container. The config
+is mounted from the run dir, so any image with nginx on its PATH serves (the router image bakes the
+same file in for compose)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ DOCKER_SOCKET_DIR = "/run/switchyard"
 
 
 def render_docker_config() -> str:
-    """The config of the nginx container (compose's docker/nginx.conf and the docker backend's router)."""
+    """The config of the nginx container (docker/router/nginx.conf, and the docker backend's router)."""
     return render_config(
         prefix="/tmp", live=f"{DOCKER_SOCKET_DIR}/live.sock", listen="0.0.0.0:80", error_log="/dev/stderr"
     )
@@ -223,5 +223,5 @@ class NginxRouter(SymlinkRouting):
         return None  # a local nginx is only ever started by this controller
 
 
-if __name__ == "__main__":  # `python -m controller.routers.nginx > docker/nginx.conf`
+if __name__ == "__main__":  # `python -m controller.routers.nginx > docker/router/nginx.conf`
     print(render_docker_config(), end="")
