@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-COLORS = ("blue", "green")
-
 
 def other(color: str) -> str:
     return "green" if color == "blue" else "blue"
@@ -187,6 +185,3 @@ class Store:
         for row in rows:
             row["forced"] = bool(row["forced"])
         return rows[::-1]
-
-    def close(self) -> None:
-        self.db.close()

@@ -102,15 +102,6 @@ class Manifest(BaseModel):
     golden: list[GoldenRow]
     search: dict[str, Any] | None = None
 
-    def primary_metric(self) -> float:
-        return float(self.metrics["holdout"][self.metric])
-
-    def golden_accuracy(self) -> float:
-        """The fraction of golden rows the model got right at training time (the smoke-test bar)."""
-        if not self.golden:
-            return 1.0
-        return sum(row.label == row.predicted for row in self.golden) / len(self.golden)
-
 
 def runtime_versions() -> Runtime:
     import joblib
