@@ -440,6 +440,8 @@ class Deployment:
             for handle in handles:
                 self.backend.stop(handle)
                 stopped += 1
+            if stopped == 0 and facts == Facts():
+                return "down: nothing runs in this deployment"
             self.store.save(
                 Facts(),
                 Event("down", "ok", self._version(facts, facts.active), None, reason=f"stopped {stopped} process(es)"),

@@ -151,7 +151,7 @@ def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
         f"{data.fingerprint.rows} rows, {len(data.fingerprint.label_counts)} classes"
         + "".join(f"; eval set {n}: {d.fingerprint.rows} rows" for n, d in eval_sets.items())
     )
-    estimator = kinds.build(config.model)
+    estimator: Any = kinds.build(config.model)  # a scikit-learn estimator or the rule model
     params = kinds.resolved_params(config.model)
 
     indices = np.arange(len(data.labels))

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 HEALTH_PATH = b"/__switchyard/router"
 MAX_HEAD = 64 * 1024
@@ -274,6 +275,7 @@ class Proxy:
             body = await _read_body(reader, headers, 64 * 1024)
             method, target, _ = request_line.split(b" ", 2)
             auth = (_get(headers, b"authorization") or b"").decode(errors="replace")
+            out: dict[str, Any]
             if not hmac.compare_digest(auth, f"Bearer {self.token}"):
                 status, out = 401, {"error": {"code": "unauthorized", "message": "bad or missing token"}}
             elif target != b"/upstream":
