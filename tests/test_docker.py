@@ -61,7 +61,6 @@ def deployment(images: dict[str, str], models: Path) -> Iterator[tuple[Release, 
     env = {
         **images,
         "SWITCHYARD_MODELS_DIR": str(scratch / "models"),
-        "SWITCHYARD_DOCKER_SOCKETS": str(scratch / "sockets"),
         "SWITCHYARD_DOCKER_SOCKET_DIR": str(scratch / "sockets"),
         "SWITCHYARD_DOCKER_PROJECT": project,
         "SWITCHYARD_DOCKER_NETWORK": project,
