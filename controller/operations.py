@@ -315,48 +315,32 @@ class Deployment:
             raise Refused(f"cannot {action}: v{version} is already live in {facts.active}")
         idle = other(facts.active)
         existing = facts.slot(idle)
-        if existing is not None and existing.version == version and self.backend.alive(existing.handle):
-            manifest = self.manifest_for(facts, existing)
-            if checks.probe(existing, manifest) is None:
-                self.say(f"{action}: reusing the running {idle} instance of v{version}")
-                try:
-                    self._check(facts, action, idle, existing, manifest, force)
-                except CheckFailed as exc:
-                    self.store.save(
-                        facts.replace(op=None),
-                        Event(action, "failed", self._version(facts, facts.active), version, exc.step, str(exc), force),
-                    )
-                    raise
-                staged = facts.replace(staged=idle, previous=None, op=None)
-                self.store.save(
-                    staged,
-                    Event(
-                        action,
-                        "ok",
-                        self._version(facts, facts.active),
-                        version,
-                        reason="reused the running instance",
-                        forced=force,
-                    ),
-                )
-                return staged, existing
-        candidate = self._start_checked(facts, action, idle, version, force)
+        live_version = self._version(facts, facts.active)
+        if self._reusable(facts, existing, version):
+            assert existing is not None
+            self.say(f"{action}: reusing the running {idle} instance of v{version}")
+            try:
+                self._check(facts, action, idle, existing, self.manifest_for(facts, existing), force)
+            except CheckFailed as exc:
+                failed = Event(action, "failed", live_version, version, exc.step, str(exc), force)
+                self.store.save(facts.replace(op=None), failed)
+                raise
+            candidate, reason = existing, "reused the running instance"
+        else:
+            candidate = self._start_checked(facts, action, idle, version, force)
+            reason = f"preview at {candidate.url}"
         staged = facts.replace(slots={**facts.slots, idle: candidate}, staged=idle, previous=None, op=None)
-        self.store.save(
-            staged,
-            Event(
-                action,
-                "ok",
-                self._version(facts, facts.active),
-                version,
-                reason=f"preview at {candidate.url}",
-                forced=force,
-            ),
-        )
-        if existing is not None:
+        self.store.save(staged, Event(action, "ok", live_version, version, reason=reason, forced=force))
+        if existing is not None and existing != candidate:
             self.say(f"{action}: stopping the old {idle} instance (v{existing.version})")
             self.backend.stop(existing.handle)
         return staged, candidate
+
+    def _reusable(self, facts: Facts, existing: Instance | None, version: int) -> bool:
+        """The idle slot already runs ``version``, alive, ready and with the right identity."""
+        if existing is None or existing.version != version or not self.backend.alive(existing.handle):
+            return False
+        return checks.probe(existing, self.manifest_for(facts, existing)) is None
 
     def promote(self, version: int | None = None, *, force: bool = False) -> str:
         command = "promote" if version is None else "promote VERSION"
