@@ -5,6 +5,8 @@ histograms by route and status, and one JSON log line per request.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -69,6 +71,33 @@ class Observe:
         self.model_header = (b"x-model-version", model_version.encode())
         self.model_version = model_version
         self.log_requests = log_requests
+        # Per-request costs add up at thousands of requests a second: request ids come from a random
+        # per-process prefix and a counter (no urandom call each), metric children are looked up once
+        # per (route, method, status), and access lines are buffered and written by a short timer.
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._ids = itertools.count()
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._lines: list[bytes] = []
+
+    def _request_id(self) -> bytes:
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFF:012x}".encode()
+
+    def _observe(self, route: str, method: str, code: str, elapsed: float) -> None:
+        children = self._children.get((route, method, code))
+        if children is None:
+            children = (self.metrics.requests.labels(route, method, code), self.metrics.latency.labels(route, code))
+            self._children[(route, method, code)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+    def _log(self, line: bytes) -> None:
+        if not self._lines:
+            asyncio.get_running_loop().call_later(0.05, self._flush)
+        self._lines.append(line)
+
+    def _flush(self) -> None:
+        lines, self._lines = self._lines, []
+        access_log.info(b"\n".join(lines).decode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -81,7 +110,7 @@ class Observe:
                 request_id = value[:128]
                 break
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = self._request_id()
         status = 500
         extra_headers = [(b"x-request-id", request_id), self.model_header]
 
@@ -99,10 +128,9 @@ class Observe:
             path = scope["path"]
             route = path if path in KNOWN_ROUTES else "other"
             code = str(status)
-            self.metrics.requests.labels(route, scope["method"], code).inc()
-            self.metrics.latency.labels(route, code).observe(elapsed)
+            self._observe(route, scope["method"], code, elapsed)
             if self.log_requests:
-                access_log.info(
+                self._log(
                     orjson.dumps(
                         {
                             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -114,5 +142,5 @@ class Observe:
                             "model_version": self.model_version,
                             "batch_size": scope.get("switchyard.batch_size"),
                         }
-                    ).decode()
+                    )
                 )
