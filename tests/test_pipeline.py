@@ -304,6 +304,4 @@ def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) ->
     assert form == "CalibratedLinearText" and isinstance(served, CalibratedLinearText)
     held_out = data.inputs[500:]
     np.testing.assert_allclose(served.predict_proba(held_out), fitted.predict_proba(held_out), rtol=0, atol=1e-12)
-    for text in [*held_out[:20], "zzz qqq"]:  # the few-rows path, including a text with no known word
-        np.testing.assert_allclose(served.predict_proba([text]), fitted.predict_proba([text]), rtol=0, atol=1e-12)
     assert read_manifest(registry / "sample" / "2").model["serving_form"] == "CalibratedLinearText"
