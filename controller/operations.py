@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller import checks, lock
+from controller import checks, lock, procs
 from controller.backends import make_backend
 from controller.backends.base import Backend
 from controller.errors import CheckFailed, NeedsOperator, Refused, SwitchyardError, UsageError
@@ -230,8 +230,6 @@ class Deployment:
             facts = self.repair(facts)
             if facts.active is not None:
                 return self._already_up(facts, name, version)
-            from controller import procs
-
             if not procs.port_free(self.settings.router_host, self.settings.router_port):
                 raise UsageError(
                     f"port {self.settings.router_port} on {self.settings.router_host} is in use; "

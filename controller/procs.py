@@ -113,6 +113,11 @@ def tail(path: Path, lines: int = 12) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
+    return last_lines(text, lines)
+
+
+def last_lines(text: str, lines: int = 12) -> str:
+    """The last lines of a service's output, without its per-request access lines."""
     kept = [line for line in text.strip().splitlines() if '"request_id"' not in line]
     return "\n".join(kept[-lines:])
 

@@ -87,7 +87,7 @@ def _tfidf_linear(p: dict[str, Any]) -> Pipeline:
                 max_features=p["max_features"],
                 stop_words=p["stop_words"],
                 sublinear_tf=p["sublinear_tf"],
-                dtype=_float32(),
+                dtype=np.float32,
             ),
         )
     ]
@@ -101,7 +101,7 @@ def _tfidf_linear(p: dict[str, Any]) -> Pipeline:
                     min_df=p["min_df"],
                     max_features=p["max_features"],
                     sublinear_tf=p["sublinear_tf"],
-                    dtype=_float32(),
+                    dtype=np.float32,
                 ),
             )
         )
@@ -118,12 +118,6 @@ def _tfidf_linear(p: dict[str, Any]) -> Pipeline:
     else:
         raise ConfigError(f"model.params.classifier must be 'svm' or 'logreg', got {p['classifier']!r}")
     return Pipeline([("features", features), ("clf", clf)])
-
-
-def _float32() -> Any:
-    import numpy as np
-
-    return np.float32
 
 
 def _tabular(p: dict[str, Any]) -> Pipeline:

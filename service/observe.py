@@ -95,9 +95,14 @@ class Observe:
             asyncio.get_running_loop().call_later(0.05, self._flush)
         self._lines.append(line)
 
+    def flush(self) -> None:
+        """Write the buffered access lines now (the server calls this once it has stopped)."""
+        self._flush()
+
     def _flush(self) -> None:
         lines, self._lines = self._lines, []
-        access_log.info(b"\n".join(lines).decode())
+        if lines:
+            access_log.info(b"\n".join(lines).decode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

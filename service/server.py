@@ -124,6 +124,7 @@ def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
     server.run(sockets=sockets)
+    app.flush()  # access lines still buffered when the loop stopped
     if state.failure:
         return EXIT_ARTIFACT
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import docker_client as dc
+from controller import procs
 from controller.backends.base import Found
 from controller.errors import NeedsOperator
 from controller.settings import ControllerSettings
@@ -119,9 +120,7 @@ class DockerBackend:
         container = dc.get(self.engine, handle)
         if container is None:
             return "(container removed)"
-        text = container.logs(tail=200).decode(errors="replace")
-        kept = [line for line in text.strip().splitlines() if '"request_id"' not in line]
-        return "\n".join(kept[-lines:])
+        return procs.last_lines(container.logs(tail=200).decode(errors="replace"), lines)
 
     def running(self) -> list[Found]:
         return [
