@@ -5,15 +5,21 @@ While the model thread is busy, new requests queue up; when it is free, everythi
 the first call, and ``max_wait_ms`` only applies while requests keep arriving. Each caller gets exactly
 its own rows back; if a batch call raises, its requests are retried one by one so a failing request
 fails alone. Cancelled callers are skipped.
+
+The hand-off is two queue operations and no tasks: the event loop puts a batch on the model thread's
+inbox and goes on; the model thread answers with one ``call_soon_threadsafe`` that settles the
+batch's futures and sends the next batch. (An executor per batch, with a drain task around it, costs
+a lone request about 0.1 ms more.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 from service.errors import Overloaded
@@ -27,6 +33,7 @@ class Job:
 
 
 RunFn = Callable[[list[Any], int | None], list[bytes]]
+Outcome = tuple[asyncio.Future[list[bytes]], list[bytes] | None, BaseException | None]
 
 
 class MicroBatcher:
@@ -37,11 +44,12 @@ class MicroBatcher:
         self._max_queue = max_queue_rows
         self._queue: deque[Job] = deque()
         self._queued_rows = 0
-        self._draining = False
-        self._drainer: asyncio.Task[None] | None = None  # held so the task is not garbage-collected
+        self._busy = False  # a batch is with the model thread, or a wait timer will send the next one
         # One model thread: the model call releases the GIL in its numeric kernels, and one call at a
         # time is what makes batching happen instead of contention.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._inbox: SimpleQueue[tuple[list[Job], asyncio.AbstractEventLoop] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="model", daemon=True)
+        self._thread.start()
         self.batches = 0  # model calls made: exported as a metric and read by the tests
 
     async def submit(self, rows: list[Any], top_k: int | None) -> list[bytes]:
@@ -54,24 +62,17 @@ class MicroBatcher:
         job = Job(rows, top_k, loop.create_future())
         self._queue.append(job)
         self._queued_rows += len(rows)
-        if not self._draining:
-            self._draining = True
-            self._drainer = loop.create_task(self._drain())
+        if not self._busy:
+            self._send(loop)
         return await job.future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        first = True
-        try:
-            while self._queue:
-                if not first and self._max_wait and self._queued_rows < self._max_batch:
-                    await asyncio.sleep(self._max_wait)
-                first = False
-                batch = self._take()
-                if batch:
-                    await loop.run_in_executor(self._executor, self._call, batch, loop)
-        finally:
-            self._draining = False
+    # ------------------------------------------------------------------ on the event loop
+
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._take()
+        self._busy = bool(batch)
+        if batch:
+            self._inbox.put((batch, loop))
 
     def _take(self) -> list[Job]:
         batch: list[Job] = []
@@ -89,44 +90,55 @@ class MicroBatcher:
             size += len(job.rows)
         return batch
 
-    def _call(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> None:
-        """In the model thread: one call for the batch; on failure, one call per job to isolate it."""
+    def _finish(self, outcomes: list[Outcome], loop: asyncio.AbstractEventLoop) -> None:
+        for future, result, exc in outcomes:
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result or [])
+        if not self._queue:
+            self._busy = False
+        elif self._max_wait and self._queued_rows < self._max_batch:
+            loop.call_later(self._max_wait, self._send, loop)  # requests keep coming: let a batch fill
+        else:
+            self._send(loop)
+
+    # ------------------------------------------------------------------ in the model thread
+
+    def _serve(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            batch, loop = item
+            outcomes = self._call(batch)
+            try:
+                loop.call_soon_threadsafe(self._finish, outcomes, loop)
+            except RuntimeError:  # the loop has closed: the server is gone, nobody is waiting
+                return
+
+    def _call(self, batch: list[Job]) -> list[Outcome]:
+        """One call for the batch; on failure, one call per job to isolate the failing one."""
         self.batches += 1
         rows = [row for job in batch for row in job.rows]
         try:
             results = self._run(rows, batch[0].top_k)
         except Exception as batch_error:
             if len(batch) == 1:
-                loop.call_soon_threadsafe(_settle, batch[0].future, None, batch_error)
-                return
+                return [(batch[0].future, None, batch_error)]
+            outcomes: list[Outcome] = []
             for job in batch:
                 try:
-                    loop.call_soon_threadsafe(_settle, job.future, self._run(job.rows, job.top_k), None)
+                    outcomes.append((job.future, self._run(job.rows, job.top_k), None))
                 except Exception as exc:
-                    loop.call_soon_threadsafe(_settle, job.future, None, exc)
-            return
+                    outcomes.append((job.future, None, exc))
+            return outcomes
+        outcomes = []
         start = 0
-        settled = []
         for job in batch:
             end = start + len(job.rows)
-            settled.append((job.future, results[start:end]))
+            outcomes.append((job.future, results[start:end], None))
             start = end
-        loop.call_soon_threadsafe(_settle_all, settled)
+        return outcomes
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _settle(future: asyncio.Future[list[bytes]], result: list[bytes] | None, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result or [])
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[list[bytes]], list[bytes]]]) -> None:
-    for future, result in settled:
-        if not future.done():
-            future.set_result(result)
+        self._inbox.put(None)
