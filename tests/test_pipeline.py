@@ -302,6 +302,13 @@ def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) ->
     fitted = kinds.build(config.model).fit(data.inputs[:500], data.labels[:500])
     served, form = kinds.for_serving(fitted, data.inputs[500:])
     assert form == "CalibratedLinearText" and isinstance(served, CalibratedLinearText)
-    held_out = data.inputs[500:]
+    held_out = [*data.inputs[500:], "zzz qqq", "the and of", "Oil oil OIL and gas"]  # no known word; stop words
     np.testing.assert_allclose(served.predict_proba(held_out), fitted.predict_proba(held_out), rtol=0, atol=1e-12)
+    # The exception-free term counting builds scikit-learn's very matrix, batched and one by one.
+    vectorizer = fitted.named_steps["features"]
+    for batch in [held_out, *([text] for text in held_out[-20:])]:
+        want, got = vectorizer.transform(batch), served.features(batch)
+        assert want.dtype == got.dtype and want.shape == got.shape
+        for part in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
     assert read_manifest(registry / "sample" / "2").model["serving_form"] == "CalibratedLinearText"
