@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        print(f"error: setting {key}={value!r}: {err['msg']}", file=sys.stderr)
+        reason = err["msg"].removeprefix("Value error, ")
+        print(f"error: setting {key}={value!r}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     # Native thread pools are sized before numpy/scikit-learn are imported (workers x threads <= cores).
     threads = str(settings.native_threads())

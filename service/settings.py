@@ -17,8 +17,13 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8001, ge=0, le=65535, description="TCP port for clients, health checks and previews")
     uds: Path | None = Field(None, description="also listen on this unix socket (the router's upstream)")
     workers: int = Field(1, ge=1, le=64, description="worker processes; each binds the port with SO_REUSEPORT")
+    cpu_affinity: str = Field(
+        "auto",
+        description="pin each worker to one CPU: auto (worker i on the i-th CPU this process may use), "
+        "off, or the CPUs to use in order, e.g. 2,3 or 0-3",
+    )
     threads_per_worker: int | None = Field(
-        None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: cores // workers"
+        None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: 1 if pinned, else cores // workers"
     )
     max_batch_size: int = Field(128, ge=1, le=10_000, description="rows per model call when batching")
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description="extra wait to fill a batch under load")
@@ -40,5 +45,41 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"{value} is not an artifact folder")
         return value
 
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cpus_exist(cls, value: str) -> str:
+        parse_cpus(value)
+        return value
+
+    def worker_cpu(self, index: int) -> int | None:
+        """The CPU worker ``index`` runs on, or None when workers are not pinned."""
+        cpus = parse_cpus(self.cpu_affinity)
+        return cpus[index % len(cpus)] if cpus else None
+
     def native_threads(self) -> int:
-        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.workers)
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        if parse_cpus(self.cpu_affinity):
+            return 1  # a pinned worker has one core: more native threads would only take turns on it
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+
+
+def parse_cpus(value: str) -> list[int]:
+    """``auto`` -> the CPUs this process may use; ``off`` -> []; ``2,3`` or ``0-3`` -> those, which must
+    be among the CPUs this process may use. Raises ValueError with a one-line reason."""
+    allowed = sorted(os.sched_getaffinity(0))
+    text = value.strip().lower()
+    if text == "off":
+        return []
+    if text == "auto":
+        return allowed
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"expected auto, off or a CPU list such as 2,3 or 0-3, got {value!r}")
+        cpus.extend(range(int(first), int(last if dash else first) + 1))
+    missing = [cpu for cpu in cpus if cpu not in allowed]
+    if missing or not cpus:
+        raise ValueError(f"CPU {missing[0] if missing else value} is not one this process may use: {allowed}")
+    return cpus

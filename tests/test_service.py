@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import threading
@@ -346,12 +347,43 @@ def test_two_workers_serve_and_stop_cleanly(registry: Path) -> None:
         assert service.wait_exit() == 0
 
 
+def cpus_of(pid: int) -> set[int]:
+    """Every CPU any thread of ``pid`` may run on, as the kernel reports it."""
+    return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning workers apart needs two CPUs")
+def test_workers_are_pinned_one_cpu_each_unless_told_otherwise(registry: Path) -> None:
+    allowed = os.sched_getaffinity(0)
+    with ServiceProcess(registry / "sample" / "2", "--workers", "2") as service:
+        service.wait_ready()
+        pids = {httpx.get(service.url + "/healthz").json()["pid"] for _ in range(40)}
+        assert len(pids) == 2
+        pinned = [cpus_of(pid) for pid in pids]
+        assert all(len(cpus) == 1 for cpus in pinned) and pinned[0] != pinned[1], pinned
+        assert "runs on CPU" in service.output()
+    last = max(allowed)
+    with ServiceProcess(registry / "sample" / "2", "--cpu-affinity", str(last)) as service:
+        service.wait_ready()
+        assert cpus_of(service.proc.pid) == {last}
+        assert predict(service.url, {"description": ENERGY}).status_code == 200
+    with ServiceProcess(registry / "sample" / "2", "--cpu-affinity", "off") as service:
+        service.wait_ready()
+        assert cpus_of(service.proc.pid) == allowed
+
+
 def test_bad_settings_are_one_line(registry: Path) -> None:
     service = ServiceProcess(registry / "sample" / "2", "--workers", "0")
     assert service.wait_exit() == 2
     out = service.output().strip()
     service.stop()
     assert out.startswith("error: setting workers='0'") and len(out.splitlines()) == 1
+    service = ServiceProcess(registry / "sample" / "2", "--cpu-affinity", "4096")
+    assert service.wait_exit() == 2
+    out = service.output().strip()
+    service.stop()
+    assert out.startswith("error: setting cpu_affinity='4096': CPU 4096 is not one this process may use")
+    assert len(out.splitlines()) == 1
 
 
 @pytest.mark.timeout(600)
