@@ -6,18 +6,23 @@ the first call, and ``max_wait_ms`` only applies while requests keep arriving. E
 its own rows back; if a batch call raises, its requests are retried one by one so a failing request
 fails alone. Cancelled callers are skipped.
 
-The hand-off is two queue operations and no tasks: the event loop puts a batch on the model thread's
-inbox and goes on; the model thread answers with one ``call_soon_threadsafe`` that settles the
-batch's futures and sends the next batch. (An executor per batch, with a drain task around it, costs
-a lone request about 0.1 ms more.)
+The hand-off has no tasks and no executor: the event loop puts a batch on the model thread's inbox
+and goes on; the model thread leaves the outcomes on a deque and writes one byte to a pipe that the
+loop watches, which settles the batch's futures and sends the next batch. ``os.write`` releases the
+GIL before it wakes the loop, so the woken loop runs at once instead of first waiting for the model
+thread to let go of the GIL, as it must after ``call_soon_threadsafe``. Measured at concurrency 1:
+an executor with a drain task cost a lone request about 0.1 ms more than a queue, and
+``call_soon_threadsafe`` about 0.04 ms more than the pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
@@ -45,9 +50,12 @@ class MicroBatcher:
         self._queue: deque[Job] = deque()
         self._queued_rows = 0
         self._busy = False  # a batch is with the model thread, or a wait timer will send the next one
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known at the first request
         # One model thread: the model call releases the GIL in its numeric kernels, and one call at a
         # time is what makes batching happen instead of contention.
-        self._inbox: SimpleQueue[tuple[list[Job], asyncio.AbstractEventLoop] | None] = SimpleQueue()
+        self._inbox: SimpleQueue[list[Job] | None] = SimpleQueue()
+        self._done: deque[list[Outcome]] = deque()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="model", daemon=True)
         self._thread.start()
         self.batches = 0  # model calls made: exported as a metric and read by the tests
@@ -59,20 +67,23 @@ class MicroBatcher:
                 headers={"Retry-After": "1"},
             )
         loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            loop.add_reader(self._wake_read, self._on_done)
         job = Job(rows, top_k, loop.create_future())
         self._queue.append(job)
         self._queued_rows += len(rows)
         if not self._busy:
-            self._send(loop)
+            self._send()
         return await job.future
 
     # ------------------------------------------------------------------ on the event loop
 
-    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _send(self) -> None:
         batch = self._take()
         self._busy = bool(batch)
         if batch:
-            self._inbox.put((batch, loop))
+            self._inbox.put(batch)
 
     def _take(self) -> list[Job]:
         batch: list[Job] = []
@@ -90,7 +101,13 @@ class MicroBatcher:
             size += len(job.rows)
         return batch
 
-    def _finish(self, outcomes: list[Outcome], loop: asyncio.AbstractEventLoop) -> None:
+    def _on_done(self) -> None:
+        with suppress(BlockingIOError):  # woken for outcomes an earlier call already took
+            os.read(self._wake_read, 4096)
+        while self._done:
+            self._finish(self._done.popleft())
+
+    def _finish(self, outcomes: list[Outcome]) -> None:
         for future, result, exc in outcomes:
             if future.done():
                 continue
@@ -101,20 +118,24 @@ class MicroBatcher:
         if not self._queue:
             self._busy = False
         elif self._max_wait and self._queued_rows < self._max_batch:
-            loop.call_later(self._max_wait, self._send, loop)  # requests keep coming: let a batch fill
+            assert self._loop is not None
+            self._loop.call_later(self._max_wait, self._send)  # requests keep coming: let a batch fill
         else:
-            self._send(loop)
+            self._send()
 
     # ------------------------------------------------------------------ in the model thread
 
     def _serve(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            batch, loop = item
-            outcomes = self._call(batch)
-            try:
-                loop.call_soon_threadsafe(self._finish, outcomes, loop)
-            except RuntimeError:  # the loop has closed: the server is gone, nobody is waiting
-                return
+        try:
+            while (batch := self._inbox.get()) is not None:
+                self._done.append(self._call(batch))
+                with suppress(BlockingIOError):  # the pipe is full of wake-ups the loop has yet to read
+                    os.write(self._wake_write, b"\0")
+        finally:
+            # The thread owns the pipe's end of life: closing it while a batch runs could hand its
+            # descriptor number to another file before the thread's last write.
+            os.close(self._wake_write)
+            os.close(self._wake_read)
 
     def _call(self, batch: list[Job]) -> list[Outcome]:
         """One call for the batch; on failure, one call per job to isolate the failing one."""
@@ -141,4 +162,7 @@ class MicroBatcher:
         return outcomes
 
     def close(self) -> None:
+        """Stop the model thread after the batch it is running. Called on the serving loop."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._wake_read)
         self._inbox.put(None)

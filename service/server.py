@@ -126,6 +126,7 @@ def run_worker(
         timeout_keep_alive=settings.keep_alive_timeout,
         timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
         server_header=False,
+        proxy_headers=False,  # nothing here reads the client address; one middleware less per request
     )
     server = uvicorn.Server(config)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
