@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from controller.errors import SwitchyardError, UsageError
 from controller.settings import ControllerSettings
+from service.settings import first_error
 
 SETTING_OPTIONS = {
     "models_dir": ("--models-dir", "model registry (default: models/) [env SWITCHYARD_MODELS_DIR]"),
@@ -39,6 +40,10 @@ SETTING_OPTIONS = {
     "ready_timeout": ("--ready-timeout", "seconds a new instance has to become ready (default: 60)"),
     "gate_tolerance": ("--tolerance", "how much worse the candidate's metric may be (default: 0)"),
     "instance_workers": ("--workers", "uvicorn workers per instance (default: 1)"),
+    "instance_cpu_affinity": (
+        "--cpu-affinity",
+        "instances' CPU pinning: auto (blue from the first CPU, green from the last), off, or a list (default: auto)",
+    ),
 }
 
 
@@ -90,10 +95,9 @@ def _settings(args: argparse.Namespace) -> ControllerSettings:
     try:
         return ControllerSettings(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+        key, value, reason = first_error(exc)
         flag = SETTING_OPTIONS.get(key, (key,))[0]
-        raise UsageError(f"{flag} {err.get('input')!r}: {err['msg']}") from None
+        raise UsageError(f"{flag} {value!r}: {reason}") from None
 
 
 def _version(deployment: Any, name: str | None, raw: str) -> int:

@@ -8,8 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.settings import parse_cpus
 
 
 class ControllerSettings(BaseSettings):
@@ -25,11 +27,27 @@ class ControllerSettings(BaseSettings):
     lock_timeout: float = Field(5.0, ge=0, description="seconds to wait for another command to finish")
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
     instance_workers: int = Field(1, ge=1, le=16, description="uvicorn workers per instance")
+    instance_cpu_affinity: str = Field(
+        "auto", description="the instances' --cpu-affinity; auto: blue counts CPUs from the first, green from the last"
+    )
     docker_image: str = Field("switchyard-service:latest", description="the service image (scripts/build-images)")
     docker_router_image: str = Field("switchyard-router:latest", description="docker/router/Dockerfile's image")
     docker_network: str = Field("switchyard", description="the network the router and instances share")
     docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
     docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")
+
+    @field_validator("instance_cpu_affinity")
+    @classmethod
+    def _cpus_exist(cls, value: str) -> str:
+        parse_cpus(value)  # the same rules as the service's, checked before any instance starts
+        return value
+
+    def cpu_affinity(self, color: str) -> str:
+        """Blue and green start from opposite ends of the CPU list, so a staged candidate that is being
+        checked or previewed does not share a core with the live slot."""
+        if self.instance_cpu_affinity == "auto" and color == "green":
+            return "auto-reversed"
+        return self.instance_cpu_affinity
 
     def resolved_router(self) -> Literal["nginx", "builtin"]:
         if self.router == "auto":

@@ -12,7 +12,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, first_error
 
 EXIT_USAGE = 2
 
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        value = err.get("input")
-        reason = err["msg"].removeprefix("Value error, ")
+        key, value, reason = first_error(exc)
         print(f"error: setting {key}={value!r}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     # Native thread pools are sized before numpy/scikit-learn are imported (workers x threads <= cores).

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +21,7 @@ class ServiceSettings(BaseSettings):
     cpu_affinity: str = Field(
         "auto",
         description="pin each worker to one CPU: auto (worker i on the i-th CPU this process may use), "
-        "off, or the CPUs to use in order, e.g. 2,3 or 0-3",
+        "auto-reversed (counting from the last), off, or the CPUs to use in order, e.g. 2,3 or 0-3",
     )
     threads_per_worker: int | None = Field(
         None, ge=1, description="native (BLAS/OpenMP) threads per worker; default: 1 if pinned, else cores // workers"
@@ -65,21 +66,31 @@ class ServiceSettings(BaseSettings):
 
 
 def parse_cpus(value: str) -> list[int]:
-    """``auto`` -> the CPUs this process may use; ``off`` -> []; ``2,3`` or ``0-3`` -> those, which must
-    be among the CPUs this process may use. Raises ValueError with a one-line reason."""
+    """``auto`` -> the CPUs this process may use; ``auto-reversed`` -> the same, last first; ``off`` ->
+    []; ``2,3`` or ``0-3`` -> those, which must be among the CPUs this process may use. Raises
+    ValueError with a one-line reason."""
     allowed = sorted(os.sched_getaffinity(0))
     text = value.strip().lower()
     if text == "off":
         return []
     if text == "auto":
         return allowed
+    if text == "auto-reversed":
+        return allowed[::-1]
     cpus: list[int] = []
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         if not first.isdigit() or (dash and not last.isdigit()):
-            raise ValueError(f"expected auto, off or a CPU list such as 2,3 or 0-3, got {value!r}")
+            raise ValueError(f"expected auto, auto-reversed, off or a CPU list such as 2,3 or 0-3, got {value!r}")
         cpus.extend(range(int(first), int(last if dash else first) + 1))
     missing = [cpu for cpu in cpus if cpu not in allowed]
     if missing or not cpus:
         raise ValueError(f"CPU {missing[0] if missing else value} is not one this process may use: {allowed}")
     return cpus
+
+
+def first_error(exc: ValidationError) -> tuple[str, Any, str]:
+    """The first problem of a settings ``ValidationError``: (setting, the value given, the reason)."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"])
+    return key, err.get("input"), err["msg"].removeprefix("Value error, ")

@@ -33,6 +33,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def cpus_of(pid: int) -> set[int]:
+    """Every CPU any thread of ``pid`` may run on, as the kernel reports it."""
+    return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

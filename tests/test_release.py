@@ -3,6 +3,7 @@ a real SQLite state file, and a load generator on 127.0.0.1 during every flip.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from controller.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
 from service.artifact import read_manifest
-from support import ENERGY, ROOT, Load, Release, clean_env, port_open
+from support import ENERGY, ROOT, Load, Release, clean_env, cpus_of, port_open
 
 ROUTERS = [
     pytest.param(
@@ -51,6 +52,10 @@ def test_the_team_story_up_stage_promote_rollback(release: Release) -> None:
     preview = httpx.post(green["url"] + "/predict", json=ENERGY)
     assert preview.headers["x-model-version"] == "sample/2"
     assert release.serving() == "sample/1"
+    if len(os.sched_getaffinity(0)) > 1:  # checking the candidate does not take the live slot's core
+        blue = next(s for s in status["slots"] if s["color"] == "blue")
+        cpus = {slot["color"]: cpus_of(httpx.get(slot["url"] + "/healthz").json()["pid"]) for slot in (blue, green)}
+        assert cpus == {"blue": {min(os.sched_getaffinity(0))}, "green": {max(os.sched_getaffinity(0))}}
 
     # When the business promotes it, users get v2 and v1 keeps running as the rollback target
     release("promote")

@@ -17,7 +17,7 @@ import pytest
 
 import testmodels
 from service.artifact import load_model, read_manifest
-from support import ServiceProcess, artifact_with_model, port_open, predict
+from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict
 
 ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."
 
@@ -345,11 +345,6 @@ def test_two_workers_serve_and_stop_cleanly(registry: Path) -> None:
         assert codes == [200] * 40
         service.proc.send_signal(signal.SIGTERM)
         assert service.wait_exit() == 0
-
-
-def cpus_of(pid: int) -> set[int]:
-    """Every CPU any thread of ``pid`` may run on, as the kernel reports it."""
-    return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning workers apart needs two CPUs")

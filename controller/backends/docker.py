@@ -47,6 +47,7 @@ class DockerBackend:
                     "SWITCHYARD_MODEL": f"/models/{model_dir.parent.name}/{model_dir.name}",
                     "SWITCHYARD_UDS": socket,
                     "SWITCHYARD_WORKERS": str(settings.instance_workers),
+                    "SWITCHYARD_CPU_AFFINITY": settings.cpu_affinity(color),
                 },
                 volumes={
                     str(models_root): {"bind": "/models", "mode": "ro"},

@@ -43,6 +43,8 @@ class ProcessBackend:
             str(sock),
             "--workers",
             str(self.settings.instance_workers),
+            "--cpu-affinity",
+            self.settings.cpu_affinity(color),
         ]
         handle = procs.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=procs.PROJECT_ROOT)
         return Instance(
