@@ -80,12 +80,12 @@ def parse_cpus(value: str) -> list[int]:
     cpus: list[int] = []
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
+        if not first.isdigit() or (dash and not (last.isdigit() and int(last) >= int(first))):
             raise ValueError(f"expected auto, auto-reversed, off or a CPU list such as 2,3 or 0-3, got {value!r}")
         cpus.extend(range(int(first), int(last if dash else first) + 1))
     missing = [cpu for cpu in cpus if cpu not in allowed]
-    if missing or not cpus:
-        raise ValueError(f"CPU {missing[0] if missing else value} is not one this process may use: {allowed}")
+    if missing:
+        raise ValueError(f"CPU {missing[0]} is not one this process may use: {allowed}")
     return cpus
 
 

@@ -420,3 +420,19 @@ def test_overload_is_shed_with_503_and_retry_after(registry: Path, tmp_path: Pat
         assert all(r.status_code in (200, 503) for r in responses)
         assert any(r.status_code == 200 for r in responses)
         assert predict(service.url, {"description": ENERGY}).status_code == 200  # and it recovers
+
+
+@pytest.mark.parametrize("value", ["x", "", "3-1", "0,,1", "-1"])
+def test_malformed_cpu_lists_are_refused_with_the_accepted_forms(value: str) -> None:
+    from service.settings import parse_cpus
+
+    with pytest.raises(ValueError, match="expected auto, auto-reversed, off or a CPU list"):
+        parse_cpus(value)
+
+
+def test_cpu_lists_keep_their_order() -> None:
+    from service.settings import parse_cpus
+
+    allowed = sorted(os.sched_getaffinity(0))
+    assert parse_cpus("auto") == allowed and parse_cpus("auto-reversed") == allowed[::-1]
+    assert parse_cpus("off") == [] and parse_cpus(",".join(map(str, allowed[::-1]))) == allowed[::-1]
