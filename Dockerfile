@@ -25,6 +25,7 @@ RUN python3 -m venv /opt/venv \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin switchyard
 
 WORKDIR /app
+COPY artifact/ /app/artifact/
 COPY service/ /app/service/
 USER 10001
 ENV SWITCHYARD_HOST=0.0.0.0 \

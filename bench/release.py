@@ -27,7 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import ROOT, free_port, log, lua_script, train, wrk
+from bench.load import lua_script, wrk
+from bench.serve import ROOT, log, train
+from controller.host import free_port
 
 BODY = {"description": "We operate natural gas pipelines and refineries in Texas."}
 
@@ -92,7 +94,7 @@ def main() -> int:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    from controller.operations import Deployment
+    from controller.deployment import Deployment
     from controller.settings import ControllerSettings
 
     scratch = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))

@@ -23,21 +23,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.load import lua_script, wrk
+from controller.host import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "companies" / "russell3000_yahoo.csv"
@@ -60,7 +60,7 @@ def train(config: str, models: Path) -> None:
 
 def ensure_model() -> tuple[Path, list[str]]:
     """The newest industry model in bench/results/models (trained if absent) and 64 descriptions."""
-    from service.artifact import list_versions
+    from artifact.registry import list_versions
 
     real = SHARED.is_file()
     config = "industry" if real else "sample"
@@ -75,13 +75,18 @@ def ensure_model() -> tuple[Path, list[str]]:
     return models / name / str(list_versions(models, name)[-1]), texts
 
 
+def shown(path: Path) -> str:
+    """A path as the repository names it: figures in the README must not carry one machine's folders."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else path.name
+
+
 def in_process(
     model_dir: Path, texts: list[str], seconds: float, sizes: tuple[int, ...] = (1, 8, 32, 128)
 ) -> dict[int, float]:
     """Microseconds per call of predict_proba for each batch size, ``seconds / 4`` each."""
     from threadpoolctl import threadpool_limits
 
-    from service.artifact import load_model
+    from artifact.trust import load_model
 
     model, _ = load_model(model_dir)
     out: dict[int, float] = {}
@@ -100,12 +105,6 @@ def in_process(
 
 
 # ---------------------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tree(pid: int) -> list[int]:
@@ -207,71 +206,6 @@ def servers(model_dir: Path, modes: list[str]) -> list[Server]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- load
-
-
-def lua_script(texts: list[str]) -> Path:
-    bodies = ",\n".join("[==[" + json.dumps({"description": t}) + "]==]" for t in texts)
-    script = f"""
-local bodies = {{ {bodies} }}
-local i = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i % #bodies + 1
-  return wrk.format(nil, "/predict", nil, bodies[i])
-end
-"""
-    path = Path(tempfile.mkstemp(suffix=".lua")[1])
-    path.write_text(script)
-    return path
-
-
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(port: int, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
-    threads = min(2, concurrency)
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            str(threads),
-            "-c",
-            str(concurrency),
-            "-d",
-            f"{max(1, round(seconds))}s",
-            "--timeout",
-            "10s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}/predict",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    ).stdout
-    p50 = re.search(r"50%\s+([\d.]+\w+)", out)
-    p99 = re.search(r"99%\s+([\d.]+\w+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if not (p50 and p99 and total and rps):
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
-    return {
-        "rps": float(rps.group(1)),
-        "p50": _ms(p50.group(1)),
-        "p99": _ms(p99.group(1)),
-        "requests": int(total.group(1)),
-        "errors": errors,
-    }
-
-
 def measure(server: Server, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
     assert server.proc is not None
     wrk(server.port, concurrency, min(1.0, seconds), script)  # warm-up
@@ -312,7 +246,7 @@ def main() -> int:
         return 2
     levels = [int(c) for c in args.concurrency.split(",")]
     model_dir, texts = ensure_model()
-    log(f"model {model_dir}")
+    log(f"model {shown(model_dir)}")
     # The floor is measured before and after the servers and averaged: this machine drifts by
     # several percent over a run, and the concurrency-1 bar compares to it in tenths of a millisecond.
     before = in_process(model_dir, texts, args.seconds)
@@ -345,7 +279,7 @@ def main() -> int:
     after = in_process(model_dir, texts, args.seconds)
     floor = {size: (before[size] + after[size]) / 2 for size in before}
 
-    print(f"\nServing benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, model {model_dir}")
+    print(f"\nServing benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, model {shown(model_dir)}")
     print("\nin-process predict_proba (1 thread; mean of a run before and a run after the servers):")
     for size, micros in floor.items():
         print(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.state import Facts
+from controller.facts import Facts
 
 
 class Phase(StrEnum):
@@ -30,9 +30,16 @@ class Phase(StrEnum):
 class Observed:
     ready: dict[str, bool] = field(default_factory=dict)  # color -> ready and the right identity
     alive: dict[str, bool] = field(default_factory=dict)  # color -> process/container exists
+    problems: dict[str, str] = field(default_factory=dict)  # color -> why it is not ready
     router_alive: bool = False
     router_target: str | None = None  # the socket path the router sends traffic to
-    strays: int = 0  # instances or routers of this deployment that no fact accounts for
+    stray_instances: tuple[str, ...] = ()  # handles of instances of this deployment no fact accounts for
+    stray_routers: tuple[str, ...] = ()  # handles of routers of this deployment no fact accounts for
+    port_busy: str | None = None  # "host:port" when nothing is live and the router's port is taken
+
+    @property
+    def strays(self) -> int:
+        return len(self.stray_instances) + len(self.stray_routers)
 
 
 def _describe(facts: Facts, color: str) -> str:

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as `python controller/release.py`: import f
 from pydantic import ValidationError
 
 from controller.errors import SwitchyardError, UsageError
+from controller.seams import Hooks
 from controller.settings import ControllerSettings
 from service.settings import first_error
 
@@ -101,7 +102,8 @@ def _settings(args: argparse.Namespace) -> ControllerSettings:
 
 
 def _version(deployment: Any, name: str | None, raw: str) -> int:
-    from service.artifact import ArtifactError, resolve
+    from artifact.manifest import ArtifactError
+    from artifact.registry import resolve
 
     if name is None:
         raise UsageError("nothing is up yet; run `release.py up NAME VERSION` first")
@@ -153,10 +155,10 @@ def print_history(rows: list[dict[str, Any]]) -> None:
         print(f"{row['at']}  {row['action']:<8} {row['outcome']:<8} {versions:<12}{step}{forced}  {row['reason']}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from controller.operations import Deployment
+def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
+    from controller.deployment import Deployment
 
-    deployment = Deployment(_settings(args))
+    deployment = Deployment(_settings(args), hooks=hooks)
     command = args.command
     if command == "status":
         status = deployment.status()
@@ -188,10 +190,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
+    """The CLI. ``hooks`` is called before each step of a plan (the crash tests stop a command there)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return run(args, hooks)
     except SwitchyardError as exc:
         reason, _, details = str(exc).partition("\n")
         print(f"error: {reason}", file=sys.stderr)

@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from artifact.manifest import ArtifactError, read_manifest
+from artifact.registry import resolve
 from pipeline.errors import PipelineError
-from service.artifact import ArtifactError, read_manifest, resolve
 
 
 def _models_dir(value: str | None) -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from artifact.manifest import DatasetFingerprint
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
-from service.artifact import DatasetFingerprint
 
 csv.field_size_limit(10_000_000)
 

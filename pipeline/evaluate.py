@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from service.artifact import write_json
+from artifact.registry import write_json
 
 
 def score(y_true: list[str], y_pred: list[str] | np.ndarray, labels: list[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Model kinds: each builds a picklable scikit-learn-style classifier (fit / predict / predict_proba).
 
-- ``rules``: :class:`service.rules.KeywordRuleModel` from a keyword -> label table;
+- ``rules``: :class:`artifact.rules.KeywordRuleModel` from a keyword -> label table;
 - ``tfidf-linear``: TF-IDF word (and optionally char) n-grams + a linear SVM with calibrated
   probabilities, or logistic regression;
 - ``tabular``: any scikit-learn classifier, named by its dotted path, on numeric feature columns.
@@ -20,10 +20,10 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from artifact.linear import CalibratedLinearText
+from artifact.rules import KeywordRuleModel
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
-from service.linear import CalibratedLinearText
-from service.rules import KeywordRuleModel
 
 TFIDF_DEFAULTS: dict[str, Any] = {
     "word_ngram_range": [1, 2],

@@ -21,20 +21,13 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
+from artifact.manifest import FieldSpec, GoldenRow, InputSchema, Manifest
+from artifact.registry import write_json, write_model_file, write_version
+from artifact.trust import runtime_versions
 from pipeline import evaluate, kinds
 from pipeline.config import TrainConfig
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import ConfigError
-from service.artifact import (
-    FieldSpec,
-    GoldenRow,
-    InputSchema,
-    Manifest,
-    runtime_versions,
-    write_json,
-    write_model_file,
-    write_version,
-)
 
 N_JOBS = min(2, os.cpu_count() or 1)
 SCORERS = {"accuracy": "accuracy", "macro_f1": "f1_macro"}

@@ -53,18 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
 
-    from service.artifact import ArtifactError, check_runtime, verify
+    from artifact.manifest import ArtifactError
+    from artifact.trust import check_runtime, read_verified
     from service.server import EXIT_ARTIFACT, serve
 
     try:
-        manifest = verify(settings.model)
-        for warning in check_runtime(manifest, allow_mismatch=settings.allow_version_mismatch):
+        verified = read_verified(settings.model)  # the model file is hashed here, once
+        for warning in check_runtime(verified.manifest, allow_mismatch=settings.allow_version_mismatch):
             print(f"warning: {warning}", file=sys.stderr)
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ARTIFACT
     try:
-        return serve(settings)
+        return serve(settings, verified)
     except OSError as exc:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE

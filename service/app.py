@@ -1,8 +1,11 @@
-"""The FastAPI app: a thin HTTP layer over :class:`service.predictor.Predictor`.
+"""The FastAPI app: a thin HTTP layer over :class:`service.runtime.ModelRuntime`.
 
-The model loads in a background thread after the server binds, so ``/healthz`` answers at once and
-``/readyz`` turns 200 only once the verified model is loaded and a warm-up on the manifest's golden
-rows has succeeded. If loading fails, the process exits non-zero (see :mod:`service.server`).
+Wiring runs one way: the server builds the runtime and passes it, with its own callbacks
+(:class:`ServerHooks`), into :func:`create_app`; nothing is planted into the app afterwards. When the
+server has not loaded the model before binding, it loads in a background thread after the server
+binds, so ``/healthz`` answers at once and ``/readyz`` turns 200 only once the verified model is
+loaded and warmed up. If loading fails, the hooks stop the server and the process exits non-zero
+(see :mod:`service.server`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,63 +27,25 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from threadpoolctl import threadpool_limits
 
 from service import openapi
-from service.artifact import Manifest, load_model
-from service.batching import MicroBatcher
-from service.errors import NotReady, ServiceError, error_body
+from service.errors import HttpError, Invalid, NotReady, ServiceError, render
 from service.fastpath import PredictRoute
 from service.observe import Metrics, Observe, PredictionCollector
-from service.predictor import Limits, Predictor
+from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 
 log = logging.getLogger("switchyard.service")
 JSON = "application/json"
 
 
-class ModelState:
-    """What the app serves, filled in by the loader thread."""
+@dataclass(frozen=True)
+class ServerHooks:
+    """What the app needs from the server that runs it."""
 
-    def __init__(self, settings: ServiceSettings, manifest: Manifest) -> None:
-        self.settings = settings
-        self.manifest = manifest
-        self.predictor: Predictor | None = None
-        self.batcher: MicroBatcher | None = None
-        self.failure: str | None = None
-        self.on_fatal: Callable[[], None] = lambda: None
-        # Set by the server: close the router's (unix socket) connections, count them.
-        self.close_router_connections: Callable[[], None] = lambda: None
-        self.router_connections: Callable[[], int] = lambda: 0
-
-    def counts(self) -> tuple[dict[str, int], int]:
-        if self.predictor is None or self.batcher is None:
-            return {}, 0
-        return dict(zip(self.predictor.classes, self.predictor.label_counts, strict=True)), self.batcher.batches
-
-    def load(self) -> None:
-        settings = self.settings
-        try:
-            threadpool_limits(settings.native_threads())
-            model, manifest = load_model(settings.model, allow_version_mismatch=settings.allow_version_mismatch)
-            predictor = Predictor(model, manifest, Limits(settings.max_instances, settings.max_text_length))
-            golden = [predictor.parse(row.input)[0] for row in manifest.golden]
-            if golden:
-                predictor.predict(golden, None)  # warm-up: first-call costs are paid before readiness
-                predictor.label_counts = [0] * len(predictor.classes)
-        except Exception as exc:
-            self.failure = f"cannot serve {settings.model}: {exc}"
-            log.error(self.failure)
-            self.on_fatal()
-            return
-        self.batcher = MicroBatcher(
-            predictor.predict,
-            max_batch_size=settings.max_batch_size if settings.batching else 1,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_rows=settings.max_queue_rows,
-        )
-        self.predictor = predictor
-        log.info(f"ready: {manifest.name} v{manifest.version} ({manifest.model['kind']})")
+    close_router_connections: Callable[[], None] = lambda: None  # after a flip (SIGUSR1)
+    router_connections: Callable[[], int] = lambda: 0  # connections accepted on the unix socket
+    stop: Callable[[], None] = lambda: None  # the model cannot be served: shut down
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -87,28 +53,31 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error(exc: ServiceError) -> Response:
-    return Response(
-        error_body(exc.code, exc.message, exc.field), status_code=exc.status, media_type=JSON, headers=exc.headers
-    )
+    status, headers, body = render(exc)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, ModelState]:
-    """The app factory: the ASGI app and the model state it serves. ``manifest`` is read (and its model
-    file verified) by the caller before binding."""
-    state = ModelState(settings, manifest)
+def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHooks | None = None) -> Any:
+    """The app factory: the ASGI app serving ``runtime``, whose artifact the caller verified."""
+    hooks = hooks or ServerHooks()
+    manifest = runtime.manifest
     metrics = Metrics(manifest.name, manifest.version, manifest.artifact.sha256)
-    metrics.registry.register(PredictionCollector(state.counts))
+    metrics.registry.register(PredictionCollector(runtime.counts))
+
+    def load() -> None:
+        if not runtime.load():
+            hooks.stop()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = threading.Thread(target=state.load, name="model-loader", daemon=True)
-        loader.start()
+        if not runtime.loaded:
+            threading.Thread(target=load, name="model-loader", daemon=True).start()
         # After a flip the controller sends SIGUSR1: the router's pooled connections to this instance
         # close (idle ones at once, busy ones after their response), so new requests reach the new one.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: state.close_router_connections())
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, hooks.close_router_connections)
         yield
-        if state.batcher:
-            state.batcher.close()
+        runtime.close()
+        observed.flush()  # access lines still buffered once every connection has been served
 
     app = FastAPI(
         title=f"Switchyard: {manifest.name}",
@@ -123,28 +92,18 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return Response(
-            error_body(code, str(exc.detail)),
-            status_code=exc.status_code,
-            media_type=JSON,
-            headers=getattr(exc, "headers", None),
-        )
+        return _error(HttpError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p not in ("query", "body"))
-        return Response(
-            error_body("invalid_input", f"{field}: {first['msg']}", field or None), status_code=422, media_type=JSON
-        )
+        return _error(Invalid(f"{field}: {first['msg']}", field=field or None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
-        return Response(
-            error_body("internal_error", "internal error; see the service log"), status_code=500, media_type=JSON
-        )
+        return _error(ServiceError("internal error; see the service log"))
 
     @app.get("/healthz", responses=openapi.simple("the process is alive"))
     async def healthz() -> Response:
@@ -154,15 +113,15 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
     @app.get("/readyz", responses=openapi.simple("the model is loaded and warmed up", not_ready=True))
     async def readyz() -> Response:
         """Readiness: 200 once the model is loaded and warmed up, 503 before."""
-        if state.predictor is None:
-            raise NotReady(state.failure or "the model is still loading", headers={"Retry-After": "1"})
+        if runtime.predictor is None:
+            raise NotReady(runtime.failure or "the model is still loading", headers={"Retry-After": "1"})
         return _json(
             {
                 "status": "ready",
                 "name": manifest.name,
                 "version": manifest.version,
                 "sha256": manifest.artifact.sha256,
-                "router_connections": state.router_connections(),
+                "router_connections": hooks.router_connections(),
             }
         )
 
@@ -174,7 +133,7 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
         """Prometheus metrics of this process."""
-        metrics.ready.set(1 if state.predictor else 0)
+        metrics.ready.set(1 if runtime.predictor else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def schema() -> dict[str, Any]:
@@ -192,8 +151,8 @@ def create_app(settings: ServiceSettings, manifest: Manifest) -> tuple[Any, Mode
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]
-    served = PredictRoute(app, state, settings.max_body_bytes)
+    served = PredictRoute(app, runtime, settings.max_body_bytes)
     observed = Observe(
         served, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log
     )
-    return observed, state
+    return observed

@@ -3,6 +3,7 @@
 {"error": {"code": "...", "message": "...", "field": "..." | null}}
 
 ServiceError
+├── HttpError (any 4xx)     an unknown route (404) or method (405), as the HTTP layer found it
 ├── BadRequest (400)        malformed JSON, an unusable query parameter
 ├── Invalid (422)           a field is missing, of the wrong type, empty or too long
 ├── TooLarge (413)          the body is over the size limit
@@ -27,6 +28,15 @@ class ServiceError(Exception):
         self.message = message
         self.field = field
         self.headers = headers or {}
+
+
+class HttpError(ServiceError):
+    """An error the HTTP layer (routing) found, with the status it chose."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
 
 
 class BadRequest(ServiceError):
@@ -66,6 +76,14 @@ class ModelFailure(ServiceError):
 
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message, "field": field}})
+
+
+def render(exc: ServiceError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The one rendering of an error, for the ASGI fast path and FastAPI's handlers alike:
+    (status, headers, body)."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(key.lower().encode(), value.encode()) for key, value in exc.headers.items()]
+    return exc.status, headers, error_body(exc.code, exc.message, exc.field)
 
 
 def error_schema() -> dict[str, Any]:

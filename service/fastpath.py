@@ -15,25 +15,17 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from service.errors import (
-    BadRequest,
-    Invalid,
-    MethodNotAllowed,
-    ModelFailure,
-    NotReady,
-    ServiceError,
-    TooLarge,
-    error_body,
-)
+from service.errors import BadRequest, Invalid, MethodNotAllowed, ModelFailure, NotReady, ServiceError, TooLarge, render
+from service.runtime import ModelRuntime
 
 log = logging.getLogger("switchyard.service")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class PredictRoute:
-    def __init__(self, app: Any, state: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, runtime: ModelRuntime, max_body_bytes: int) -> None:
         self.app = app
-        self.state = state
+        self.runtime = runtime
         self.limit = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -45,8 +37,7 @@ class PredictRoute:
                 raise MethodNotAllowed("only POST is allowed on /predict", headers={"Allow": "POST"})
             status, body, headers = 200, await self._predict(scope, receive), JSON_HEADERS
         except ServiceError as exc:
-            status, body = exc.status, error_body(exc.code, exc.message, exc.field)
-            headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            status, headers, body = render(exc)
         await send(
             {
                 "type": "http.response.start",
@@ -57,7 +48,7 @@ class PredictRoute:
         await send({"type": "http.response.body", "body": body})
 
     async def _predict(self, scope: dict[str, Any], receive: Any) -> bytes:
-        predictor, batcher = self.state.predictor, self.state.batcher
+        predictor, batcher = self.runtime.predictor, self.runtime.batcher
         if predictor is None or batcher is None:
             raise NotReady("the model is still loading", headers={"Retry-After": "1"})
         body = await self._body(scope, receive)

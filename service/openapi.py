@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.artifact import Manifest
+from artifact.manifest import Manifest
 from service.errors import error_schema
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.artifact import Manifest
+from artifact.manifest import Manifest
 from service.errors import Invalid
 
 Row = str | tuple[float, ...]

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import uvicorn
 
+from artifact.trust import Verified
 from service.settings import ServiceSettings
 
 EXIT_ARTIFACT = 3
@@ -98,6 +99,7 @@ def pin(cpu: int) -> None:
 
 def run_worker(
     settings: ServiceSettings,
+    verified: Verified,
     sockets: list[socket.socket] | None,
     *,
     index: int = 0,
@@ -110,26 +112,14 @@ def run_worker(
         pin(cpu)
         logging.getLogger("switchyard.service").info(f"worker {index} runs on CPU {cpu}")
 
-    from service.app import create_app
-    from service.artifact import read_manifest
+    from service.app import ServerHooks, create_app
+    from service.runtime import ModelRuntime
 
-    app, state = create_app(settings, read_manifest(settings.model))
+    runtime = ModelRuntime(settings, verified)
     if before_bind is not None:
-        state.load()
-        if state.failure:
+        if not runtime.load():
             return EXIT_ARTIFACT
         sockets = before_bind()
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=settings.keep_alive_timeout,
-        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
-        server_header=False,
-        proxy_headers=False,  # nothing here reads the client address; one middleware less per request
-    )
-    server = uvicorn.Server(config)
-    state.on_fatal = lambda: setattr(server, "should_exit", True)
 
     def router_side() -> list[Any]:  # connections accepted on the unix socket (a str sockname)
         return [c for c in server.server_state.connections if isinstance(_sockname(c), str)]
@@ -138,15 +128,28 @@ def run_worker(
         for connection in router_side():
             connection.shutdown()  # uvicorn's own: closes if idle, else after the response
 
-    state.close_router_connections = close_router_connections
-    state.router_connections = lambda: len(router_side())
+    hooks = ServerHooks(
+        close_router_connections=close_router_connections,
+        router_connections=lambda: len(router_side()),
+        stop=lambda: setattr(server, "should_exit", True),
+    )
+    config = uvicorn.Config(
+        lambda: create_app(settings, runtime, hooks),  # built by the server, with the server's callbacks
+        factory=True,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
+        server_header=False,
+        proxy_headers=False,  # nothing here reads the client address; one middleware less per request
+    )
+    server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then restores the previous handler and re-raises the signal;
     # a no-op previous handler turns a completed graceful shutdown into exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
     server.run(sockets=sockets)
-    app.flush()  # access lines still buffered when the loop stopped
-    if state.failure:
+    if runtime.failure:
         return EXIT_ARTIFACT
     return 0
 
@@ -156,7 +159,7 @@ def _sockname(connection: Any) -> Any:
     return transport.get_extra_info("sockname") if transport is not None else None
 
 
-def _child(settings_json: str, index: int, uds: socket.socket | None, all_ready: Any) -> None:
+def _child(settings_json: str, verified: Verified, index: int, uds: socket.socket | None, all_ready: Any) -> None:
     settings = ServiceSettings.model_validate_json(settings_json)
 
     def bind_when_all_are_ready() -> list[socket.socket]:
@@ -165,32 +168,33 @@ def _child(settings_json: str, index: int, uds: socket.socket | None, all_ready:
         all_ready.wait(timeout=600)
         return [bind_tcp(settings.host, settings.port, reuse_port=True), *([uds] if uds else [])]
 
-    sys.exit(run_worker(settings, None, index=index, before_bind=bind_when_all_are_ready))
+    sys.exit(run_worker(settings, verified, None, index=index, before_bind=bind_when_all_are_ready))
 
 
-def serve(settings: ServiceSettings) -> int:
+def serve(settings: ServiceSettings, verified: Verified) -> int:
+    """Serve the artifact that the caller verified (its bytes, checked once: every worker loads them)."""
     uds = bind_uds(settings.uds) if settings.uds else None
     try:
         if settings.workers == 1:
             sockets = [bind_tcp(settings.host, settings.port, reuse_port=False)]
             if uds is not None:
                 sockets.append(uds)
-            return run_worker(settings, sockets)
-        return _supervise(settings, uds)
+            return run_worker(settings, verified, sockets)
+        return _supervise(settings, verified, uds)
     finally:
         if settings.uds and uds is not None:
             uds.close()
             settings.uds.unlink(missing_ok=True)
 
 
-def _supervise(settings: ServiceSettings, uds: socket.socket | None) -> int:
+def _supervise(settings: ServiceSettings, verified: Verified, uds: socket.socket | None) -> int:
     configure_logging(settings.log_level)
     log = logging.getLogger("switchyard.service")
     ctx = multiprocessing.get_context("spawn")
     payload = settings.model_dump_json()
     all_ready = ctx.Barrier(settings.workers)
     children = [
-        ctx.Process(target=_child, args=(payload, index, uds, all_ready), name=f"worker-{index}")
+        ctx.Process(target=_child, args=(payload, verified, index, uds, all_ready), name=f"worker-{index}")
         for index in range(settings.workers)
     ]
     for child in children:

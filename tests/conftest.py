@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 import testmodels
+from artifact.manifest import Manifest
+from artifact.registry import write_json
+from artifact.trust import load_model
 from pipeline.config import load_config
 from pipeline.train import train
-from service.artifact import Manifest, load_model, write_json
 from support import ROOT, SHARED_DATA, artifact_with_model
 
 for _key in [k for k in os.environ if k.startswith("SWITCHYARD_")]:

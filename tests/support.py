@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 
+from artifact.manifest import Manifest, read_manifest
+from artifact.registry import write_json, write_model_file, write_version
 from controller.backends.process import ProcessBackend
+from controller.host import child_env, free_port
 from controller.settings import ControllerSettings
-from service.artifact import Manifest, read_manifest, write_json, write_model_file, write_version
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -26,22 +28,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "companies"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: no SWITCHYARD_* from the developer's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
-    env.update(extra)
-    return env
+    """The environment for child processes: no SWITCHYARD_* from the developer's shell; the tests'
+    own modules (throwaway model classes) importable."""
+    return child_env(**{"PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), **extra})
 
 
 def cpus_of(pid: int) -> set[int]:
     """Every CPU any thread of ``pid`` may run on, as the kernel reports it."""
     return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
@@ -160,6 +154,16 @@ class Release:
         if check:
             assert result.returncode == 0, f"release.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
         return result
+
+    def spawn(self, *args: str, pause_at: str | None = None, **env: str) -> subprocess.Popen[str]:
+        """A release.py command in the background; with ``pause_at`` it stops before that step of its
+        plan (tests/paused_release.py) and says so on stdout."""
+        argv = self.command(*args)
+        if pause_at is not None:
+            argv[1:2] = [str(TESTS / "paused_release.py"), pause_at]
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**env), cwd=ROOT
+        )
 
     def status(self) -> dict[str, Any]:
         return json.loads(self("status", "--json").stdout)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from artifact.manifest import read_manifest
 from controller.checks import gate
+from controller.facts import Event, Facts, Instance, Op, Router
 from controller.phase import ALLOWED, COMMANDS, READ_ONLY, Observed, Phase, derive_phase, refusal
-from controller.state import Event, Facts, Instance, Op, Router, Store
-from service.artifact import read_manifest
+from controller.store import SqliteStore
 
 BLUE = Instance("blue", 1, "1:1:a", 9001, "/s/blue.sock", "x" * 64)
 GREEN = Instance("green", 2, "2:2:b", 9002, "/s/green.sock", "y" * 64)
@@ -28,7 +29,7 @@ ALL_GOOD = Observed(
     ("facts", "observed", "phase", "words"),
     [
         (Facts(), Observed(), Phase.ABSENT, "nothing is live"),
-        (Facts(), Observed(strays=2), Phase.ABSENT, "2 stray"),
+        (Facts(), Observed(stray_instances=("1:1:a", "2:2:b")), Phase.ABSENT, "2 stray"),
         (LIVE, ALL_GOOD, Phase.HEALTHY, "blue (m v1) is live"),
         (
             LIVE.replace(slots={"blue": BLUE, "green": GREEN}, previous="green"),
@@ -70,7 +71,11 @@ ALL_GOOD = Observed(
         (
             LIVE,
             Observed(
-                alive={"blue": True}, ready={"blue": True}, router_alive=True, router_target=BLUE.socket, strays=1
+                alive={"blue": True},
+                ready={"blue": True},
+                router_alive=True,
+                router_target=BLUE.socket,
+                stray_routers=("4:4",),
             ),
             Phase.DEGRADED,
             "1 stray",
@@ -126,11 +131,11 @@ def test_gate_compares_only_on_shared_evaluation_data(registry: Path) -> None:
 
 
 def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state.db")
+    store = SqliteStore(tmp_path / "state.db")
     assert store.load() == Facts()
     facts = LIVE.replace(op=Op("promote", "green", 2, "flip", GREEN, forced=True))
     store.save(facts, Event("promote", "ok", 1, 2, reason="r", forced=True))
-    again = Store(tmp_path / "state.db")
+    again = SqliteStore(tmp_path / "state.db")
     assert again.load() == facts
     assert again.history()[0] | {"at": None} == {
         "at": None,

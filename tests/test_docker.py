@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.artifact import Manifest, write_json
+from artifact.manifest import Manifest
+from artifact.registry import write_json
 from support import ENERGY, ROOT, Load, Release, clean_env, free_port
 
 # The first test builds the images (debootstrap on a new machine): more than the default 300 s.

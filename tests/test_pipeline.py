@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from artifact.manifest import ArtifactError, read_manifest
+from artifact.registry import list_versions, write_version
+from artifact.trust import load_model, sha256_file, verify
 from pipeline.cli import main as pipeline_main
-from service.artifact import (
-    ArtifactError,
-    list_versions,
-    load_model,
-    read_manifest,
-    sha256_file,
-    verify,
-    write_version,
-)
 from support import ROOT, clean_env
 
 CONFIGS = ROOT / "pipeline" / "configs"
@@ -292,10 +286,10 @@ def test_real_data_meets_the_quality_bar(shared_data: Path, tmp_path: Path) -> N
 def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) -> None:
     import numpy as np
 
+    from artifact.linear import CalibratedLinearText
     from pipeline import kinds
     from pipeline.config import load_config
     from pipeline.data import load_dataset
-    from service.linear import CalibratedLinearText
 
     config = load_config(CONFIGS / "sample.toml")
     data = load_dataset(config.data.path, config.data)

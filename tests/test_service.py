@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 import testmodels
-from service.artifact import load_model, read_manifest
+from artifact.manifest import read_manifest
+from artifact.trust import load_model
 from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict
 
 ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."

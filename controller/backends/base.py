@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from controller.state import Instance
+from controller.facts import Instance
 
 
 @dataclass(frozen=True)

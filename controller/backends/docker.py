@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from controller import docker_client as dc
-from controller import procs
+from controller import host
 from controller.backends.base import Found
 from controller.errors import NeedsOperator
+from controller.facts import Instance
 from controller.settings import ControllerSettings
-from controller.state import Instance
 
 SERVICE_PORT = "8001/tcp"
 
@@ -121,7 +121,7 @@ class DockerBackend:
         container = dc.get(self.engine, handle)
         if container is None:
             return "(container removed)"
-        return procs.last_lines(container.logs(tail=200).decode(errors="replace"), lines)
+        return host.last_lines(container.logs(tail=200).decode(errors="replace"), lines)
 
     def running(self) -> list[Found]:
         return [

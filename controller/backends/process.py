@@ -8,10 +8,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from controller import procs
+from controller import host
 from controller.backends.base import Found
+from controller.facts import Instance
 from controller.settings import ControllerSettings
-from controller.state import Instance
 
 TAG = "SWITCHYARD_INSTANCE"
 
@@ -25,10 +25,10 @@ class ProcessBackend:
 
     def start(self, *, color: str, version: int, model_dir: Path, sha256: str) -> Instance:
         nonce = uuid.uuid4().hex[:8]
-        port = procs.free_port()
+        port = host.free_port()
         self.settings.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         sock = self.settings.socket_dir / f"{color}-{nonce}.sock"
-        env = procs.child_env(**{TAG: f"{self.settings.run_id}/{color}/{version}/{nonce}"})
+        env = host.child_env(**{TAG: f"{self.settings.run_id}/{color}/{version}/{nonce}"})
         argv = [
             sys.executable,
             "-m",
@@ -46,7 +46,7 @@ class ProcessBackend:
             "--cpu-affinity",
             self.settings.cpu_affinity(color),
         ]
-        handle = procs.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=procs.PROJECT_ROOT)
+        handle = host.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=host.PROJECT_ROOT)
         return Instance(
             color=color, version=version, handle=f"{handle}:{nonce}", port=port, socket=str(sock), sha256=sha256
         )
@@ -59,29 +59,29 @@ class ProcessBackend:
         return handle.rsplit(":", 1)[0]
 
     def stop(self, handle: str) -> None:
-        procs.terminate(self._proc(handle), grace=15.0)
+        host.terminate(self._proc(handle), grace=15.0)
 
     def alive(self, handle: str) -> bool:
-        return procs.alive(self._proc(handle))
+        return host.alive(self._proc(handle))
 
     def close_router_connections(self, handle: str) -> None:
         if self.alive(handle):
-            os.kill(procs.pid_of(handle), signal.SIGUSR1)
+            os.kill(host.pid_of(handle), signal.SIGUSR1)
 
     def exit_code(self, handle: str) -> int | None:
-        return procs.exit_code(self._proc(handle))
+        return host.exit_code(self._proc(handle))
 
     def logs(self, handle: str, lines: int = 12) -> str:
         nonce = handle.rsplit(":", 1)[1]
         matches = sorted(self.logs_dir.glob(f"*-{nonce}.log"))
-        return procs.tail(matches[0], lines) if matches else ""
+        return host.tail(matches[0], lines) if matches else ""
 
     def adopt(self, found: Found, sha256: str) -> Instance | None:
         return None  # its port and socket are only known to the controller that started it
 
     def running(self) -> list[Found]:
         found = []
-        for pid, tag in procs.tagged(TAG, f"{self.settings.run_id}/").items():
+        for pid, tag in host.tagged(TAG, f"{self.settings.run_id}/").items():
             _, color, version, nonce = tag.split("/")
-            found.append(Found(handle=f"{procs.handle_of(pid)}:{nonce}", color=color, version=int(version)))
+            found.append(Found(handle=f"{host.handle_of(pid)}:{nonce}", color=color, version=int(version)))
         return found

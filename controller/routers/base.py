@@ -8,11 +8,10 @@ from typing import Protocol
 
 import httpx
 
-from controller import loopback, procs
+from builtin_router import HEALTH_PATH
+from controller import host, loopback
 from controller.errors import NeedsOperator
-from controller.state import Router
-
-HEALTH_PATH = "/__switchyard/router"
+from controller.facts import Router
 
 
 class RouterDriver(Protocol):
@@ -55,8 +54,8 @@ def stray_from_pid_file(pid_file: Path, known: Router | None) -> list[str]:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return []
-    handle = procs.handle_of(pid)
-    if not procs.alive(handle) or (known is not None and known.handle == handle):
+    handle = host.handle_of(pid)
+    if not host.alive(handle) or (known is not None and known.handle == handle):
         return []
     return [handle]
 

@@ -1,4 +1,4 @@
-"""The built-in router: :mod:`controller.routers.proxy` as a process, switched over its admin endpoint
+"""The built-in router: :mod:`builtin_router` as a process, switched over its admin endpoint
 (loopback only, bearer token from a 0600 file in the run dir)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 
 import httpx
 
-from controller import loopback, procs
+from controller import host, loopback
 from controller.errors import NeedsOperator
+from controller.facts import Router
 from controller.routers.base import stray_from_pid_file, wait_listening
 from controller.settings import ControllerSettings
-from controller.state import Router
 
 
 class BuiltinRouter:
@@ -35,12 +35,12 @@ class BuiltinRouter:
 
     def start(self, upstream: str) -> Router:
         self._token()
-        admin_port = procs.free_port()
-        env = procs.child_env()
+        admin_port = host.free_port()
+        env = host.child_env()
         argv = [
             sys.executable,
             "-m",
-            "controller.routers.proxy",
+            "builtin_router",
             "--listen",
             f"{self.settings.router_host}:{self.settings.router_port}",
             "--admin-port",
@@ -52,7 +52,7 @@ class BuiltinRouter:
             "--pid-file",
             str(self.pid_file.resolve()),
         ]
-        handle = procs.spawn(argv, log=self.log, env=env, cwd=procs.PROJECT_ROOT)
+        handle = host.spawn(argv, log=self.log, env=env, cwd=host.PROJECT_ROOT)
         router = Router(
             kind=self.kind,
             host=self.settings.router_host,
@@ -60,7 +60,7 @@ class BuiltinRouter:
             handle=handle,
             admin_port=admin_port,
         )
-        wait_listening(router.url, lambda: procs.alive(handle), 10.0, procs.tail(self.log))
+        wait_listening(router.url, lambda: host.alive(handle), 10.0, host.tail(self.log))
         return router
 
     def _admin(self, router: Router, method: str, body: dict[str, str] | None = None) -> httpx.Response:
@@ -87,7 +87,7 @@ class BuiltinRouter:
         return response.json().get("upstream") if response.status_code == 200 else None
 
     def alive(self, router: Router) -> bool:
-        return procs.alive(router.handle)
+        return host.alive(router.handle)
 
     def refresh(self, router: Router) -> None:
         return None  # no configuration beyond its command line
@@ -96,11 +96,11 @@ class BuiltinRouter:
         return stray_from_pid_file(self.pid_file, known)
 
     def stop(self, router: Router) -> None:
-        procs.terminate(router.handle, grace=10.0)
+        host.terminate(router.handle, grace=10.0)
         self.pid_file.unlink(missing_ok=True)
 
     def remove_stray(self, handle: str) -> None:
-        procs.terminate(handle, grace=10.0)
+        host.terminate(handle, grace=10.0)
 
     def adopt(self, handle: str) -> Router | None:
         return None  # its admin port is only known to the controller that started it

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from controller import docker_client as dc
 from controller.errors import NeedsOperator
+from controller.facts import Router
 from controller.routers.base import wait_listening
 from controller.routers.nginx import SymlinkFlip, SymlinkRouting, render_docker_config
 from controller.settings import ControllerSettings
-from controller.state import Router
 
 ROUTER_PORT = "80/tcp"
 

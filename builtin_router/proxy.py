@@ -1,6 +1,6 @@
 """A small asyncio HTTP/1.1 reverse proxy: the built-in router where nginx is absent.
 
-``python -m controller.routers.proxy --listen 127.0.0.1:8000 --admin-port 9001 --token-file F --upstream S``
+``python -m builtin_router --listen 127.0.0.1:8000 --admin-port 9001 --token-file F --upstream S``
 
 - Clients keep their connections alive across flips: a flip only changes where the *next* request goes.
 - Upstreams are unix sockets with a small keep-alive pool each. A pooled connection the instance has
@@ -19,11 +19,12 @@ import hmac
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-HEALTH_PATH = b"/__switchyard/router"
+from builtin_router import HEALTH_PATH
+
+HEALTH = HEALTH_PATH.encode()
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024
 UPSTREAM_TIMEOUT = 60.0
@@ -237,7 +238,7 @@ class Proxy:
                     except ClientError as exc:
                         await self._respond(writer, *_error(exc.status, "bad_request", str(exc)), keep_alive=False)
                         return
-                    if target == HEALTH_PATH:
+                    if target == HEALTH:
                         response = 200, [(b"content-type", b"application/json")], b'{"router": "builtin"}'
                     else:
                         response = await self.forward(method, target, headers, body, peer_ip)
@@ -347,7 +348,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m controller.routers.proxy",
+        prog="python -m builtin_router",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -367,7 +368,3 @@ def main() -> int:
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(args))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

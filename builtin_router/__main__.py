@@ -1,0 +1,5 @@
+import sys
+
+from builtin_router.proxy import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""One deployment (one run dir), and the rhythm every command follows.
+
+A mutating command takes the run dir's lock, loads the facts, repairs what a crashed command left
+(:mod:`controller.repair`), observes what runs (:mod:`controller.view`), asks the pure planner
+(:mod:`controller.planner`) for a refusal or a plan, and has the runner (:mod:`controller.runner`)
+carry the plan out. ``status`` and ``history`` only read. The seams (backend, router drivers, HTTP
+probes, store, clock, the step hook) are built here from the settings, or injected by a test.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from artifact.manifest import ArtifactError, Manifest, read_manifest
+from artifact.registry import resolve
+from controller import adopt, lock, repair, view
+from controller.backends import make_backend
+from controller.backends.base import Backend
+from controller.errors import UsageError
+from controller.facts import Facts
+from controller.phase import Observed
+from controller.planner import Command, Made, Plan, Refusal, plan
+from controller.probes import HttpProbes
+from controller.routers import make_router
+from controller.routers.base import RouterDriver
+from controller.runner import Runner
+from controller.seams import Clock, Hooks, NoHooks, Probes, Seams, Store, SystemClock
+from controller.settings import ControllerSettings
+from controller.store import SqliteStore
+
+Say = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Deployment:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        backend: Backend | None = None,
+        routers: Callable[[str], RouterDriver] | None = None,
+        probes: Probes | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        hooks: Hooks | None = None,
+        say: Say = _stderr,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend or make_backend(settings)
+        self._make_router = routers or (lambda kind: make_router(settings, kind))
+        self._routers: dict[str, RouterDriver] = {}
+        self.probes = probes or HttpProbes()
+        self.clock = clock or SystemClock()
+        self.store = store or SqliteStore(settings.run_dir / "state.db", self.clock.time)
+        self.hooks = hooks or NoHooks()
+        self.say = say
+
+    def seams(self, facts: Facts) -> Seams:
+        kind = facts.router.kind if facts.router else self._default_router_kind()
+        if kind not in self._routers:
+            self._routers[kind] = self._make_router(kind)
+        return Seams(self.store, self.backend, self._routers[kind], self.probes, self.clock, self.hooks, self.say)
+
+    def _default_router_kind(self) -> str:
+        return "docker-nginx" if self.settings.backend == "docker" else self.settings.resolved_router()
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        try:
+            return read_manifest(resolve(self.settings.models_dir, name, version))
+        except ArtifactError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _manifest_of(self, facts: Facts, version: int) -> Manifest:
+        assert facts.name is not None
+        return self.manifest(facts.name, version)
+
+    def observe(self, facts: Facts) -> Observed:
+        return view.observe(facts, self.seams(facts), self._manifest_of, self.settings)
+
+    # ------------------------------------------------------------------ commands
+
+    def up(self, name: str, version: int) -> str:
+        return self.execute(Command("up", version, model=name))
+
+    def stage(self, version: int, *, force: bool = False) -> str:
+        return self.execute(Command("stage", version, force=force))
+
+    def promote(self, version: int | None = None, *, force: bool = False) -> str:
+        return self.execute(Command("promote", version, force=force))
+
+    def rollback(self) -> str:
+        return self.execute(Command("rollback"))
+
+    def down(self) -> str:
+        return self.execute(Command("down"))
+
+    def execute(self, command: Command) -> str:
+        with lock.exclusive(self.settings.run_dir, command.name, self.settings.lock_timeout):
+            stored = self.store.load()
+            if command.name == "up" and stored.active is None and stored.op is None:
+                # Before repair, which would stop what no fact accounts for: compose's router and blue.
+                assert command.model is not None and command.version is not None
+                manifest = self.manifest(command.model, command.version)
+                adopted = adopt.adopt(
+                    command.model, command.version, manifest, self.seams(Facts()), self.settings.ready_timeout
+                )
+                if adopted:
+                    return adopted
+            # `down` stops everything, whatever an interrupted command left: nothing to repair first.
+            facts = stored if command.name == "down" else repair.repair(stored, self.seams(stored))
+            decision = plan(command, facts, self.observe(facts))
+            if isinstance(decision, Refusal):
+                if decision.event is not None:
+                    self.store.record(decision.event)
+                raise decision.error(decision.reason)
+            if decision.message:
+                return decision.message
+            seams = self.seams(decision.before)
+            after, made = Runner(self.settings, seams).run(decision, facts)
+            return self._summary(decision, facts, after, made)
+
+    def _summary(self, plan: Plan, before: Facts, after: Facts, made: Made) -> str:
+        last = plan.steps[-1]
+        live = after.slot(after.active)
+        assert live is not None or last.action == "down"
+        if last.name == "ensure-router":
+            assert live is not None and after.router is not None
+            notes = [*made.notes, *plan.notes]
+            extra = f" ({'; '.join(notes)})" if notes else ""
+            return f"up: already up: {after.name} v{live.version} is live at {after.router.url}/predict{extra}"
+        if last.action == "up":
+            assert live is not None and after.router is not None
+            return (
+                f"up: {after.name} v{live.version} is live at {after.router.url}/predict (router: {after.router.kind})"
+            )
+        if last.action == "down":
+            return f"down: stopped {made.stopped} process(es); history is kept in {self.settings.run_dir / 'state.db'}"
+        if last.action == "stage":
+            staged = after.slot(after.staged)
+            assert staged is not None and live is not None
+            return (
+                f"stage: {after.name} v{staged.version} is staged in {staged.color} at {staged.url} "
+                f"(preview); live traffic still goes to v{live.version}"
+            )
+        old = before.slot(before.active)
+        assert live is not None and old is not None and after.router is not None
+        return (
+            f"{last.action}: {after.name} v{live.version} ({live.color}) is live at {after.router.url}; "
+            f"v{old.version} ({old.color}) keeps running as the rollback target"
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    def status(self) -> dict[str, Any]:
+        facts = self.store.load()
+        return view.status(facts, self.observe(facts), self.seams(facts), self.settings.run_dir)
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.store.history(limit)

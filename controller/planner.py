@@ -1,0 +1,230 @@
+"""The planner: a pure function from (command, facts, what was observed) to a refusal or a plan.
+
+Every refusal lives here: the (phase x command) table of :mod:`controller.phase` and the ones that
+depend on the facts (a version already live, nothing to roll back to, a flip target that is not
+healthy, the router's port taken). A plan is the ordered steps that :mod:`controller.runner` carries
+out, and :func:`leaves` says, for each step, the facts it leaves behind: the journal entry written
+before it runs, and for a commit step the new facts. Nothing here touches a process, a file or the
+network, so every pair of phase and command, and every option that changes a plan, is tested on data.
+
+Steps, in the order a plan may hold them:
+
+    verify   check the artifact's hash against its manifest (before anything starts)
+    start    start the candidate in a slot                         journaled: a crash stops it
+    ready    wait until it is ready and serves the right identity  journaled
+    smoke    the golden rows through its HTTP API                  journaled
+    gate     its metric against the live model's                   journaled
+    router   start the router in front of it (``up`` only)         journaled
+    flip     point the router at the target slot                  journaled: a crash rolls forward
+    retire   the old slot closes the router's pooled connections   (or back, by where the router points)
+    commit   write the new facts and the history line
+    stop / stop-router / ensure-router: idempotent clean-up and repair, after or instead of a commit
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controller.errors import Refused, SwitchyardError, UsageError
+from controller.facts import Event, Facts, Instance, Op, Router, other
+from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
+
+JOURNALED = frozenset({"start", "ready", "smoke", "gate", "router", "flip"})
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # up | stage | promote | rollback | down
+    version: int | None = None
+    model: str | None = None  # up: the model's name
+    force: bool = False
+
+    @property
+    def table_name(self) -> str:
+        """Its name in the (phase x command) table."""
+        return "promote VERSION" if self.name == "promote" and self.version is not None else self.name
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    action: str  # the history action it belongs to: up | stage | promote | rollback | down
+    color: str | None = None  # the slot it acts on
+    version: int | None = None
+    handle: str | None = None  # stop / stop-router: what to stop
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    before: Facts  # the facts the run starts from (for `up`, the new deployment's name)
+    message: str = ""  # for a plan with nothing to do: what to say
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    error: type[SwitchyardError] = Refused
+    event: Event | None = None  # a refusal worth a history line
+
+
+@dataclass
+class Made:
+    """What the steps of a run have made so far: the candidate, a router, the retired slot."""
+
+    candidate: Instance | None = None
+    router: Router | None = None
+    stopped: int = 0  # processes a down stopped
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
+    phase = derive_phase(facts, observed)[0] if facts.active else Phase.ABSENT
+    reason = refusal(phase, command.table_name)
+    if reason:
+        return Refusal(reason)
+    if command.name == "up":
+        return _up(command, facts, observed)
+    if command.name == "stage":
+        return _stage_or_refuse(command, facts, observed)
+    if command.name == "promote":
+        return _promote(command, facts, observed)
+    if command.name == "rollback":
+        return _rollback(facts, observed)
+    if command.name == "down":
+        return _down(facts, observed)
+    raise ValueError(f"no plan for {command.name!r}")
+
+
+def _version(facts: Facts, color: str | None) -> int | None:
+    slot = facts.slot(color)
+    return slot.version if slot else None
+
+
+def _checked_start(action: str, color: str, version: int, force: bool) -> list[Step]:
+    return [Step(name, action, color, version, forced=force) for name in ("verify", "start", "ready", "smoke", "gate")]
+
+
+def _up(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
+    assert command.model is not None and command.version is not None
+    if facts.active is not None:
+        live = facts.slots[facts.active]
+        notes: tuple[str, ...] = ()
+        if (facts.name, live.version) != (command.model, command.version):
+            notes = (f"use `release.py promote {command.version}` to release v{command.version}",)
+        return Plan((Step("ensure-router", "up", facts.active, live.version),), facts, notes=notes)
+    if observed.port_busy:
+        return Refusal(f"port {observed.port_busy} is in use; choose another with --port", UsageError)
+    steps = _checked_start("up", "blue", command.version, False)
+    steps += [Step("router", "up", "blue", command.version), Step("commit", "up", "blue", command.version)]
+    return Plan(tuple(steps), Facts(name=command.model))
+
+
+def _stage_or_refuse(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
+    steps = _stage(command, facts, observed)
+    return steps if isinstance(steps, Refusal) else Plan(tuple(steps), facts)
+
+
+def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | Refusal:
+    assert facts.active is not None and command.version is not None
+    version, force = command.version, command.force
+    if _version(facts, facts.active) == version:
+        return Refusal(f"cannot stage: v{version} is already live in {facts.active}")
+    idle = other(facts.active)
+    existing = facts.slot(idle)
+    if existing is not None and existing.version == version and observed.ready.get(idle):
+        # The idle slot already runs this version, ready and with the right identity: check, don't restart.
+        steps = [Step(name, "stage", idle, version, forced=force) for name in ("smoke", "gate")]
+        return [*steps, Step("commit", "stage", idle, version, forced=force)]
+    steps = [*_checked_start("stage", idle, version, force), Step("commit", "stage", idle, version, forced=force)]
+    if existing is not None:
+        steps.append(Step("stop", "stage", idle, existing.version, handle=existing.handle))
+    return steps
+
+
+def _flip(action: str, facts: Facts, target: str, version: int, force: bool) -> list[Step]:
+    assert facts.active is not None
+    old = facts.slots[facts.active]
+    return [
+        Step("flip", action, target, version, forced=force),
+        Step("retire", action, facts.active, old.version, handle=old.handle),
+        Step("commit", action, target, version, forced=force),
+    ]
+
+
+def _unhealthy(action: str, facts: Facts, observed: Observed, target: str, force: bool) -> Refusal | None:
+    """A flip goes only to a slot that is ready and serves the right identity, as observed."""
+    if observed.ready.get(target):
+        return None
+    slot = facts.slots[target]
+    problem = observed.problems.get(target) or ("not running" if not observed.alive.get(target) else "not ready")
+    reason = f"{target} (v{slot.version}) is not healthy ({problem}); refusing to flip to it"
+    event = Event(action, "refused", _version(facts, facts.active), slot.version, "ready", reason, force)
+    return Refusal(f"cannot {action}: {reason}", event=event)
+
+
+def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
+    assert facts.active is not None
+    version, force = command.version, command.force
+    if version is not None:
+        if _version(facts, facts.active) == version:
+            return Plan((), facts, message=f"promote: v{version} is already live; nothing to do")
+        if not (facts.staged and _version(facts, facts.staged) == version):
+            # The one-button path: stage (its own history line), then flip to what was just checked.
+            staged = _stage(command, facts, observed)
+            if isinstance(staged, Refusal):
+                return staged
+            idle = other(facts.active)
+            return Plan((*staged, *_flip("promote", facts, idle, version, force)), facts)
+    if facts.staged is None:
+        return Refusal(f"cannot promote: {HINTS[(Phase.HEALTHY, 'promote')]}")
+    target_version = facts.slots[facts.staged].version
+    unhealthy = _unhealthy("promote", facts, observed, facts.staged, force)
+    return unhealthy or Plan(tuple(_flip("promote", facts, facts.staged, target_version, force)), facts)
+
+
+def _rollback(facts: Facts, observed: Observed) -> Plan | Refusal:
+    target = facts.previous
+    if target is None or facts.slot(target) is None:
+        held = f"; {facts.staged} holds the staged v{_version(facts, facts.staged)}" if facts.staged else ""
+        return Refusal(f"cannot rollback: there is no previous slot to flip back to{held}")
+    version = facts.slots[target].version
+    unhealthy = _unhealthy("rollback", facts, observed, target, False)
+    return unhealthy or Plan(tuple(_flip("rollback", facts, target, version, False)), facts)
+
+
+def _down(facts: Facts, observed: Observed) -> Plan:
+    steps = [Step("stop-router", "down", handle=facts.router.handle)] if facts.router else []
+    steps += [Step("stop-router", "down", handle=handle) for handle in observed.stray_routers]
+    handles = [slot.handle for slot in facts.slots.values()]
+    if facts.op and facts.op.candidate:
+        handles.append(facts.op.candidate.handle)
+    handles += [h for h in observed.stray_instances if h not in handles]
+    steps += [Step("stop", "down", handle=handle) for handle in dict.fromkeys(handles)]
+    if not steps and facts == Facts():
+        return Plan((), facts, message="down: nothing runs in this deployment")
+    return Plan((*steps, Step("commit", "down", version=_version(facts, facts.active))), facts)
+
+
+def leaves(step: Step, facts: Facts, made: Made) -> Facts:
+    """The facts ``step`` leaves behind: the journal entry before it runs; for a commit, the new facts."""
+    if step.name in JOURNALED:
+        assert step.color is not None and step.version is not None
+        candidate = made.candidate
+        if step.name == "flip":
+            candidate = facts.slots.get(step.color, candidate)
+        return facts.replace(op=Op(step.action, step.color, step.version, step.name, candidate, step.forced))
+    if step.name != "commit":
+        return facts
+    if step.action == "up":
+        assert made.candidate is not None and made.router is not None
+        return Facts(name=facts.name, active="blue", slots={"blue": made.candidate}, router=made.router)
+    if step.action == "stage":
+        assert step.color is not None
+        slot = made.candidate or facts.slots[step.color]
+        return facts.replace(slots={**facts.slots, step.color: slot}, staged=step.color, previous=None, op=None)
+    if step.action == "down":
+        return Facts()
+    return facts.replace(active=step.color, previous=facts.active, staged=None, op=None)

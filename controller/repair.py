@@ -1,0 +1,79 @@
+"""Repair: bring what runs in line with the facts before a command acts.
+
+An operation a crashed command left in the journal is finished or undone by where it stopped: once the
+flip is journaled, the router decides (it sends traffic to the candidate: the flip is completed, the
+old slot's pooled router connections retired as a normal flip retires them; it does not: the router
+is pointed back); before that, the half-started candidate is stopped. Instances and routers of this
+deployment that no fact accounts for (started by a command that died before recording them) are
+stopped, never leaked. A step that fails in a running command is settled by the same :func:`settle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from controller import checks
+from controller.facts import Event, Facts, Instance
+from controller.seams import Seams
+
+Say = Callable[[str], None]
+
+
+def retire(old: Instance, seams: Seams) -> int:
+    """The old slot closes the router's pooled connections to it; how many were still open after 5 s."""
+    seams.backend.close_router_connections(old.handle)
+    return checks.wait_retired(seams.probes, seams.clock, old)
+
+
+def settle(facts: Facts, seams: Seams, say: Say) -> tuple[Facts, str, bool]:
+    """Finish or undo the operation in ``facts.op``: (the facts, what was done, whether it completed)."""
+    op = facts.op
+    assert op is not None
+    candidate = op.candidate
+    router = facts.router
+    routed = router is not None and candidate is not None and seams.router.current(router) == candidate.socket
+    if op.step == "flip" and routed:
+        old = facts.slot(facts.active)
+        if old is not None and old != candidate:
+            retire(old, seams)  # as a flip does: no request may keep reaching the old version
+        say(f"repair: completing the interrupted {op.action}: {op.color} (v{op.version}) is live")
+        done = facts.replace(active=op.color, previous=facts.active, staged=None, op=None)
+        return done, "interrupted after the router flipped; completed", True
+    if op.step == "flip" and router is not None and facts.active is not None:
+        seams.router.point_to(router, facts.slots[facts.active].socket)  # undo a partial flip
+        say(f"repair: the interrupted {op.action} never reached the router; live traffic unchanged")
+        return facts.replace(op=None), "interrupted before the flip took effect", False
+    if candidate is not None and candidate not in facts.slots.values():
+        seams.backend.stop(candidate.handle)
+    say(f"repair: stopped the half-started {op.action} of v{op.version} (it had reached {op.step!r})")
+    return facts.replace(op=None), f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged", False
+
+
+def strays(facts: Facts, seams: Seams) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Handles of this deployment's instances and routers that no fact accounts for."""
+    known = {slot.handle for slot in facts.slots.values()}
+    if facts.op and facts.op.candidate:
+        known.add(facts.op.candidate.handle)
+    instances = tuple(found.handle for found in seams.backend.running() if found.handle not in known)
+    return instances, tuple(seams.router.stray(facts.router))
+
+
+def repair(facts: Facts, seams: Seams) -> Facts:
+    events: list[Event] = []
+    if facts.op is not None:
+        op = facts.op
+        live = facts.slot(facts.active)
+        facts, reason, _ = settle(facts, seams, seams.say)
+        events.append(Event(op.action, "repaired", live.version if live else None, op.version, op.step, reason))
+    instances, routers = strays(facts, seams)
+    for handle in instances:
+        seams.say(f"repair: stopping a stray instance ({handle}) that no slot accounts for")
+        seams.backend.stop(handle)
+        events.append(Event("repair", "repaired", reason=f"stopped stray instance {handle}"))
+    for handle in routers:
+        seams.say(f"repair: stopping a stray router ({handle})")
+        seams.router.remove_stray(handle)
+        events.append(Event("repair", "repaired", reason=f"stopped stray router {handle}"))
+    if events:
+        seams.store.save(facts, *events)
+    return facts

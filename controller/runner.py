@@ -1,0 +1,213 @@
+"""The step runner: carries out a plan through the seams, journaling as it goes.
+
+Before each step it writes the facts that step leaves behind (:func:`controller.planner.leaves`): for
+a journaled step, the operation in flight and the step it reached; after the step, the same entry
+again if the step made something the journal must know (the candidate's handle, the router). So a
+controller killed at any point leaves a journal that :mod:`controller.repair` reads the same way,
+whatever the command was. A commit step writes the new facts and the history line in one transaction.
+
+A step that fails is settled the way repair settles a crash (the candidate stopped, a flip undone, or
+completed if the router already took it), the failure is written to history, and the error goes on
+to the CLI: live traffic is left as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artifact.manifest import ArtifactError, Manifest, read_manifest
+from artifact.registry import resolve
+from artifact.trust import verify
+from controller import checks, repair
+from controller.errors import CheckFailed, NeedsOperator, UsageError
+from controller.facts import Event, Facts
+from controller.planner import JOURNALED, Made, Plan, Step, leaves
+from controller.seams import Seams
+from controller.settings import ControllerSettings
+
+
+class Runner:
+    def __init__(self, settings: ControllerSettings, seams: Seams) -> None:
+        self.settings = settings
+        self.seams = seams
+        self.manifest: Manifest | None = None  # the candidate's
+        self.flip_started = 0.0
+
+    def run(self, plan: Plan, stored: Facts) -> tuple[Facts, Made]:
+        """Carry out ``plan`` from the stored facts; return the facts it leaves and what it made."""
+        facts, committed, made = plan.before, stored, Made()
+        for step in plan.steps:
+            facts = self._journal(step, facts, made)
+            self.seams.hooks.before_step(step.name)
+            try:
+                facts = self._execute(step, facts, made)
+            except (Exception, KeyboardInterrupt) as exc:
+                self._abandon(step, self._journal(step, facts, made), committed, exc)
+                raise
+            if step.name == "commit" or step.name == "ensure-router":
+                committed = facts
+            else:
+                facts = self._journal(step, facts, made)
+        return facts, made
+
+    def _journal(self, step: Step, facts: Facts, made: Made) -> Facts:
+        """The one place a run writes its journal: the entry ``step`` leaves, if it changed."""
+        if step.name not in JOURNALED:
+            return facts
+        entry = leaves(step, facts, made)
+        if entry != facts:
+            self.seams.store.save(entry)
+        return entry
+
+    def _abandon(self, step: Step, facts: Facts, committed: Facts, exc: BaseException) -> None:
+        settled, completed = committed, False
+        if facts.op is not None:
+            settled, _, completed = repair.settle(facts, self.seams, lambda message: None)
+        final = settled if completed else committed
+        if isinstance(exc, KeyboardInterrupt) or step.name not in (*JOURNALED, "verify"):
+            if final != committed:
+                self.seams.store.save(final)
+            return
+        where = exc.step if isinstance(exc, CheckFailed) else step.name
+        live = committed.slot(committed.active)
+        event = Event(step.action, "failed", live.version if live else None, step.version, where, str(exc), step.forced)
+        self.seams.store.save(final, event)
+
+    # ------------------------------------------------------------------ the steps
+
+    def _execute(self, step: Step, facts: Facts, made: Made) -> Facts:
+        seams, say = self.seams, self.seams.say
+        if step.name == "verify":
+            self.manifest = self._verify(facts, step)
+        elif step.name == "start":
+            say(f"{step.action}: starting {facts.name} v{step.version} in {step.color}")
+            assert self.manifest is not None and step.color is not None and step.version is not None
+            made.candidate = seams.backend.start(
+                color=step.color,
+                version=step.version,
+                model_dir=self._path(facts, step.version),
+                sha256=self.manifest.artifact.sha256,
+            )
+        elif step.name == "ready":
+            assert made.candidate is not None and self.manifest is not None
+            ready = checks.wait_ready(
+                seams.backend, seams.probes, seams.clock, made.candidate, self.manifest, self.settings.ready_timeout
+            )
+            say(f"{step.action}: {ready}")
+        elif step.name == "smoke":
+            if made.candidate is None:  # the idle slot already runs this version: check it as it is
+                assert step.color is not None and step.version is not None
+                say(f"{step.action}: reusing the running {step.color} instance of v{step.version}")
+                made.candidate = facts.slots[step.color]
+                self.manifest = self._manifest(facts, step.version)
+            assert self.manifest is not None
+            say(f"{step.action}: smoke: {seams.probes.smoke(made.candidate, self.manifest)}")
+        elif step.name == "gate":
+            self._gate(facts, step)
+        elif step.name == "router":
+            assert made.candidate is not None
+            made.router = seams.router.start(made.candidate.socket)
+        elif step.name == "flip":
+            self._flip(facts, step)
+        elif step.name == "retire":
+            assert step.handle is not None and facts.active is not None
+            left = repair.retire(facts.slots[facts.active], seams)
+            if left:
+                say(f"{step.action}: warning: v{step.version} still had {left} router connection(s) after 5 s")
+        elif step.name == "commit":
+            return self._commit(step, facts, made)
+        elif step.name == "stop":
+            assert step.handle is not None
+            if step.action == "stage":
+                say(f"stage: stopping the old {step.color} instance (v{step.version})")
+            seams.backend.stop(step.handle)
+            made.stopped += 1
+        elif step.name == "stop-router":
+            assert step.handle is not None
+            if facts.router is not None and facts.router.handle == step.handle:
+                seams.router.stop(facts.router)
+            else:
+                seams.router.remove_stray(step.handle)
+            made.stopped += 1
+        elif step.name == "ensure-router":
+            return self._ensure_router(facts, step, made)
+        else:
+            raise ValueError(f"unknown step {step.name!r}")
+        return facts
+
+    def _path(self, facts: Facts, version: int) -> Path:
+        assert facts.name is not None
+        try:
+            return resolve(self.settings.models_dir, facts.name, version)
+        except ArtifactError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _manifest(self, facts: Facts, version: int) -> Manifest:
+        try:
+            return read_manifest(self._path(facts, version))
+        except ArtifactError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _verify(self, facts: Facts, step: Step) -> Manifest:
+        assert step.version is not None
+        path = self._path(facts, step.version)
+        try:
+            return verify(path)
+        except ArtifactError as exc:
+            raise CheckFailed("verify", str(exc)) from None
+
+    def _gate(self, facts: Facts, step: Step) -> None:
+        assert self.manifest is not None
+        live = facts.slot(facts.active)
+        decision = checks.gate(
+            self.manifest, self._manifest(facts, live.version) if live else None, self.settings.gate_tolerance
+        )
+        if not decision.passed and not step.forced:
+            raise CheckFailed("gate", decision.reason + " (use --force to override)")
+        self.seams.say(f"{step.action}: gate: {'FORCED past: ' if not decision.passed else ''}{decision.reason}")
+
+    def _flip(self, facts: Facts, step: Step) -> None:
+        assert facts.router is not None and facts.active is not None and step.color is not None
+        router, target = self.seams.router, facts.slots[step.color]
+        self.flip_started = self.seams.clock.monotonic()
+        router.point_to(facts.router, target.socket)
+        if router.current(facts.router) != target.socket:
+            raise NeedsOperator(
+                f"the router did not take the flip to {step.color}; live traffic left on {facts.active}"
+            )
+
+    def _commit(self, step: Step, facts: Facts, made: Made) -> Facts:
+        after = leaves(step, facts, made)
+        live = facts.slot(facts.active)
+        from_version = live.version if live else None
+        if step.action == "up":
+            assert made.router is not None
+            reason = f"router {made.router.kind} at {made.router.url}"
+        elif step.action == "stage":
+            reused = made.candidate is not None and made.candidate == facts.slots.get(step.color or "")
+            assert made.candidate is not None
+            reason = "reused the running instance" if reused else f"preview at {made.candidate.url}"
+        elif step.action == "down":
+            reason = f"stopped {made.stopped} process(es)"
+        else:
+            elapsed = (self.seams.clock.monotonic() - self.flip_started) * 1000
+            reason = f"router flipped in {elapsed:.1f} ms"
+        to_version = None if step.action == "down" else step.version
+        event = Event(step.action, "ok", from_version, to_version, None, reason, step.forced)
+        self.seams.store.save(after, event)
+        return after
+
+    def _ensure_router(self, facts: Facts, step: Step, made: Made) -> Facts:
+        assert facts.active is not None
+        live = facts.slots[facts.active]
+        router = self.seams.router
+        if facts.router is None or not router.alive(facts.router):
+            facts = facts.replace(router=router.start(live.socket))
+            self.seams.store.save(
+                facts, Event("up", "repaired", live.version, live.version, "router", "router restarted")
+            )
+            made.notes.append("restarted the router")
+        else:
+            router.refresh(facts.router)
+            router.point_to(facts.router, live.socket)
+        return facts

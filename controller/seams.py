@@ -1,0 +1,90 @@
+"""The narrow interfaces between the controller's logic and the world, besides the backend
+(:mod:`controller.backends.base`) and the router drivers (:mod:`controller.routers.base`).
+
+The real implementations are :class:`controller.store.SqliteStore`, :class:`controller.probes.HttpProbes`,
+:class:`SystemClock` and :class:`NoHooks`; the tests drive the same logic through in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from artifact.manifest import Manifest
+from controller.backends.base import Backend
+from controller.facts import Event, Facts, Instance
+from controller.routers.base import RouterDriver
+
+
+class Store(Protocol):
+    def load(self) -> Facts: ...
+
+    def save(self, facts: Facts, *events: Event) -> None:
+        """The new facts and their history lines, in one transaction."""
+        ...
+
+    def record(self, event: Event) -> None: ...
+
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]: ...
+
+
+class Probes(Protocol):
+    """What the controller asks a running instance over HTTP."""
+
+    def readiness(self, instance: Instance, manifest: Manifest) -> str | None:
+        """None if the instance is ready and serves exactly ``manifest``; otherwise why not. A reason
+        that contains "expected" is a wrong identity, which waiting does not cure."""
+        ...
+
+    def smoke(self, instance: Instance, manifest: Manifest) -> str:
+        """The manifest's golden rows through the instance's API: a one-line summary, or CheckFailed."""
+        ...
+
+    def router_connections(self, instance: Instance) -> int | None:
+        """How many router connections the instance holds; None if it does not answer."""
+        ...
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Hooks(Protocol):
+    def before_step(self, step: str) -> None:
+        """Called before each step of a plan runs, once its journal entry is written."""
+        ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class NoHooks:
+    def before_step(self, step: str) -> None:
+        return None
+
+
+@dataclass
+class Seams:
+    """Everything a run touches, injected: the real ones in production, fakes in the logic tests."""
+
+    store: Store
+    backend: Backend
+    router: RouterDriver
+    probes: Probes
+    clock: Clock
+    hooks: Hooks
+    say: Callable[[str], None]

@@ -1,0 +1,103 @@
+"""What is observed, and the status view built from it: the facts checked against what really runs
+(processes or containers alive, ``/readyz`` identity, where the router really points, strays)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from artifact.manifest import Manifest
+from controller import host, repair
+from controller.facts import Facts
+from controller.phase import Observed, derive_phase
+from controller.seams import Seams
+from controller.settings import ControllerSettings
+
+ManifestOf = Callable[[Facts, int], Manifest]
+
+
+def observe(
+    facts: Facts,
+    seams: Seams,
+    manifest_of: ManifestOf,
+    settings: ControllerSettings,
+    port_free: Callable[[str, int], bool] = host.port_free,
+) -> Observed:
+    ready: dict[str, bool] = {}
+    alive: dict[str, bool] = {}
+    problems: dict[str, str] = {}
+    for color, slot in facts.slots.items():
+        alive[color] = seams.backend.alive(slot.handle)
+        problem = seams.probes.readiness(slot, manifest_of(facts, slot.version)) if alive[color] else "not running"
+        ready[color] = problem is None
+        if problem is not None:
+            problems[color] = problem
+    router_alive = facts.router is not None and seams.router.alive(facts.router)
+    target = seams.router.current(facts.router) if facts.router is not None and router_alive else None
+    instances, routers = repair.strays(facts, seams)
+    busy = None
+    if facts.active is None and not port_free(settings.router_host, settings.router_port):
+        busy = f"{settings.router_port} on {settings.router_host}"
+    return Observed(
+        ready=ready,
+        alive=alive,
+        problems=problems,
+        router_alive=router_alive,
+        router_target=target,
+        stray_instances=instances,
+        stray_routers=routers,
+        port_busy=busy,
+    )
+
+
+def _role(facts: Facts, color: str) -> str:
+    if color == facts.active:
+        return "live"
+    if color == facts.staged:
+        return "staged"
+    return "previous" if color == facts.previous else "idle"
+
+
+def status(facts: Facts, observed: Observed, seams: Seams, run_dir: Path) -> dict[str, Any]:
+    phase, reason = derive_phase(facts, observed)
+    now = seams.clock.time()
+    slots = []
+    for color in ("blue", "green"):
+        slot = facts.slot(color)
+        if slot is None:
+            continue
+        alive = observed.alive.get(color, False)
+        slots.append(
+            {
+                "color": color,
+                "role": _role(facts, color),
+                "version": slot.version,
+                "handle": slot.handle,
+                "url": slot.url,
+                "alive": alive,
+                "ready": observed.ready.get(color, False),
+                "age_seconds": round(now - slot.started_at, 1),
+                "last_log": None if alive else seams.backend.logs(slot.handle, 5),
+            }
+        )
+    router = None
+    if facts.router:
+        target = next((c for c, s in facts.slots.items() if s.socket == observed.router_target), None)
+        router = {
+            "kind": facts.router.kind,
+            "url": facts.router.url,
+            "handle": facts.router.handle,
+            "alive": observed.router_alive,
+            "target": target,
+        }
+    op = facts.op
+    return {
+        "phase": str(phase),
+        "reason": reason,
+        "name": facts.name,
+        "router": router,
+        "slots": slots,
+        "interrupted": None if op is None else {"action": op.action, "version": op.version, "step": op.step},
+        "run_dir": str(run_dir.resolve()),
+    }

@@ -1,0 +1,69 @@
+"""The model runtime: loading, warm-up, the predictor and the batcher, owned in one place.
+
+The server builds it from the artifact that ``python -m service`` verified before binding (the model
+file's bytes, checked against the manifest once), and the app only reads from it. :meth:`load` runs
+off the event loop: unpickle the checked bytes, build the predictor, answer the manifest's golden rows
+once (first-call costs are paid before readiness), start the batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from threadpoolctl import threadpool_limits
+
+from artifact.trust import Verified, unpickle
+from service.batching import MicroBatcher
+from service.predictor import Limits, Predictor
+from service.settings import ServiceSettings
+
+log = logging.getLogger("switchyard.service")
+
+
+class ModelRuntime:
+    def __init__(self, settings: ServiceSettings, verified: Verified) -> None:
+        self.settings = settings
+        self.verified = verified
+        self.manifest = verified.manifest
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.failure: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.predictor is not None or self.failure is not None
+
+    def load(self) -> bool:
+        """Load and warm up; True once ready. A failure is kept in :attr:`failure` and logged."""
+        settings = self.settings
+        try:
+            threadpool_limits(settings.native_threads())
+            model = unpickle(self.verified, allow_version_mismatch=settings.allow_version_mismatch)
+            predictor = Predictor(model, self.manifest, Limits(settings.max_instances, settings.max_text_length))
+            golden = [predictor.parse(row.input)[0] for row in self.manifest.golden]
+            if golden:
+                predictor.predict(golden, None)  # warm-up: first-call costs are paid before readiness
+                predictor.label_counts = [0] * len(predictor.classes)
+        except Exception as exc:
+            self.failure = f"cannot serve {settings.model}: {exc}"
+            log.error(self.failure)
+            return False
+        self.batcher = MicroBatcher(
+            predictor.predict,
+            max_batch_size=settings.max_batch_size if settings.batching else 1,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_rows=settings.max_queue_rows,
+        )
+        self.predictor = predictor
+        log.info(f"ready: {self.manifest.name} v{self.manifest.version} ({self.manifest.model['kind']})")
+        return True
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """Predictions by label and model calls so far (read at scrape time)."""
+        if self.predictor is None or self.batcher is None:
+            return {}, 0
+        return dict(zip(self.predictor.classes, self.predictor.label_counts, strict=True)), self.batcher.batches
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
