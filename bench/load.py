@@ -10,8 +10,17 @@ import tempfile
 from pathlib import Path
 
 
-def lua_script(texts: list[str]) -> Path:
-    bodies = ",\n".join("[==[" + json.dumps({"description": t}) + "]==]" for t in texts)
+def lua_script(texts: list[str], model: str | None = None) -> Path:
+    """A wrk script posting one text a request, rotating over ``texts``: to ``/predict``, or with
+    ``model``, to the Open Inference Protocol's ``/v2/models/<model>/infer`` (one BYTES row)."""
+    path = f"/v2/models/{model}/infer" if model else "/predict"
+
+    def body(text: str) -> str:
+        if model:
+            return json.dumps({"inputs": [{"name": "description", "datatype": "BYTES", "shape": [1], "data": [text]}]})
+        return json.dumps({"description": text})
+
+    bodies = ",\n".join("[==[" + body(t) + "]==]" for t in texts)
     script = f"""
 local bodies = {{ {bodies} }}
 local i = 0
@@ -19,12 +28,12 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   i = i % #bodies + 1
-  return wrk.format(nil, "/predict", nil, bodies[i])
+  return wrk.format(nil, "{path}", nil, bodies[i])
 end
 """
-    path = Path(tempfile.mkstemp(suffix=".lua")[1])
-    path.write_text(script)
-    return path
+    file = Path(tempfile.mkstemp(suffix=".lua")[1])
+    file.write_text(script)
+    return file
 
 
 def _ms(text: str) -> float:

@@ -264,6 +264,7 @@ def main() -> int:
         ]
     )
     script = lua_script(texts)
+    v2_script = lua_script(texts, model=model_dir.parent.name)
     ours = "switchyard-batch-on-1w"
     rows: dict[tuple[str, int], dict[str, float]] = {}
     pairs: list[tuple[float, float]] = []
@@ -272,10 +273,14 @@ def main() -> int:
             for level in levels:
                 log(f"{server.label} at concurrency {level}")
                 rows[(server.label, level)] = measure(server, level, args.seconds, script)
+            if server.label == ours and 32 in levels:
+                log(f"{server.label}, Open Inference Protocol, at concurrency 32")
+                rows[(f"{ours}-v2", 32)] = measure(server, 32, args.seconds, v2_script)
             if server.label == ours and 1 in levels:
                 log(f"{server.label} at concurrency 1, each run right after an in-process 1-row run")
                 pairs = paired_c1(server, model_dir, texts, args.seconds, script)
     script.unlink()
+    v2_script.unlink()
     after = in_process(model_dir, texts, args.seconds)
     floor = {size: (before[size] + after[size]) / 2 for size in before}
 
@@ -287,12 +292,12 @@ def main() -> int:
             f"  (before {before[size] / 1000:.3f}, after {after[size] / 1000:.3f})"
         )
     print(
-        f"\n{'server':<26}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/req':>12}"
+        f"\n{'server':<29}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/req':>12}"
         f"{'RSS MiB':>9}"
     )
     for (label, level), r in rows.items():
         print(
-            f"{label:<26}{level:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8.0f}"
+            f"{label:<29}{level:>5}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['errors']:>8.0f}"
             f"{r['cpu_us']:>12.0f}{r['rss']:>9.0f}"
         )
 
@@ -333,6 +338,9 @@ def main() -> int:
     checks.append((f"errors across all Switchyard runs: {errors:.0f}", errors == 0, "0"))
     rss = max((r["rss"] for (label, _), r in rows.items() if label.startswith("switchyard")), default=0)
     checks.append((f"max RSS per worker: {rss:.0f} MiB", rss < 250, "< 250 MiB"))
+    v2 = get(f"{ours}-v2", 32, "rps")
+    if v2 and c32:
+        checks.append((f"Open Inference Protocol vs /predict at c32: {v2 / c32:.2f}x", True, "(informational)"))
     two = get("switchyard-batch-on-2w", 32, "rps")
     if two and c32:
         checks.append((f"2 workers vs 1 at c32: {two / c32:.2f}x", True, "(informational)"))

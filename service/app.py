@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import orjson
@@ -34,9 +35,14 @@ from service.fastpath import PredictRoute
 from service.observe import Metrics, Observe, PredictionCollector
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
+from service.v2 import V2Route
 
 log = logging.getLogger("switchyard.service")
 JSON = "application/json"
+try:
+    SERVER_VERSION = metadata.version("switchyard")
+except metadata.PackageNotFoundError:  # the service image copies the code without installing it
+    SERVER_VERSION = "unknown"
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,9 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]
-    served = PredictRoute(app, runtime, settings.max_body_bytes)
+    served = PredictRoute(
+        V2Route(app, runtime, settings.max_body_bytes, SERVER_VERSION), runtime, settings.max_body_bytes
+    )
     observed = Observe(
         served, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log
     )

@@ -3,8 +3,9 @@
 While the model thread is busy, new requests queue up; when it is free, everything queued (up to
 ``max_batch_size`` rows) goes in one call. A lone request therefore runs at once: there is no timer on
 the first call, and ``max_wait_ms`` only applies while requests keep arriving. Each caller gets exactly
-its own rows back; if a batch call raises, its requests are retried one by one so a failing request
-fails alone. Cancelled callers are skipped.
+its own rows back, shaped by its own ``render`` (run in the model thread too, off the event loop), so
+requests of either protocol, with any ``top_k``, share one model call. If a batch call raises, its
+requests are retried one by one so a failing request fails alone. Cancelled callers are skipped.
 
 The hand-off has no tasks and no executor: the event loop puts a batch on the model thread's inbox
 and goes on; the model thread leaves the outcomes on a deque and writes one byte to a pipe that the
@@ -29,16 +30,19 @@ from typing import Any
 
 from service.errors import Overloaded
 
+Probabilities = list[list[float]]
+RunFn = Callable[[list[Any]], Probabilities]  # the model call: one row of class probabilities per input row
+Render = Callable[[Probabilities], Any]  # one request's rows -> its answer
+
 
 @dataclass(slots=True)
 class Job:
     rows: list[Any]
-    top_k: int | None
-    future: asyncio.Future[list[bytes]]
+    render: Render
+    future: asyncio.Future[Any]
 
 
-RunFn = Callable[[list[Any], int | None], list[bytes]]
-Outcome = tuple[asyncio.Future[list[bytes]], list[bytes] | None, BaseException | None]
+Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class MicroBatcher:
@@ -60,7 +64,8 @@ class MicroBatcher:
         self._thread.start()
         self.batches = 0  # model calls made: exported as a metric and read by the tests
 
-    async def submit(self, rows: list[Any], top_k: int | None) -> list[bytes]:
+    async def submit(self, rows: list[Any], render: Render) -> Any:
+        """``render`` of the model's probabilities for ``rows``, computed in a batch with other requests."""
         if self._queued_rows + len(rows) > self._max_queue:
             raise Overloaded(
                 f"{self._queued_rows} rows are waiting for the model; try again shortly",
@@ -70,7 +75,7 @@ class MicroBatcher:
         if self._loop is None:
             self._loop = loop
             loop.add_reader(self._wake_read, self._on_done)
-        job = Job(rows, top_k, loop.create_future())
+        job = Job(rows, render, loop.create_future())
         self._queue.append(job)
         self._queued_rows += len(rows)
         if not self._busy:
@@ -88,10 +93,9 @@ class MicroBatcher:
     def _take(self) -> list[Job]:
         batch: list[Job] = []
         size = 0
-        same_top_k = self._queue[0].top_k if self._queue else None
         while self._queue:
             job = self._queue[0]
-            if batch and (size + len(job.rows) > self._max_batch or job.top_k != same_top_k):
+            if batch and size + len(job.rows) > self._max_batch:
                 break
             self._queue.popleft()
             self._queued_rows -= len(job.rows)
@@ -114,7 +118,7 @@ class MicroBatcher:
             if exc is not None:
                 future.set_exception(exc)
             else:
-                future.set_result(result or [])
+                future.set_result(result)
         if not self._queue:
             self._busy = False
         elif self._max_wait and self._queued_rows < self._max_batch:
@@ -142,24 +146,27 @@ class MicroBatcher:
         self.batches += 1
         rows = [row for job in batch for row in job.rows]
         try:
-            results = self._run(rows, batch[0].top_k)
-        except Exception as batch_error:
+            probabilities = self._run(rows)
+        except Exception as exc:
             if len(batch) == 1:
-                return [(batch[0].future, None, batch_error)]
-            outcomes: list[Outcome] = []
-            for job in batch:
-                try:
-                    outcomes.append((job.future, self._run(job.rows, job.top_k), None))
-                except Exception as exc:
-                    outcomes.append((job.future, None, exc))
-            return outcomes
-        outcomes = []
+                return [(batch[0].future, None, exc)]
+            return [self._alone(job) for job in batch]
+        outcomes: list[Outcome] = []
         start = 0
         for job in batch:
             end = start + len(job.rows)
-            outcomes.append((job.future, results[start:end], None))
+            try:
+                outcomes.append((job.future, job.render(probabilities[start:end]), None))
+            except Exception as exc:
+                outcomes.append((job.future, None, exc))
             start = end
         return outcomes
+
+    def _alone(self, job: Job) -> Outcome:
+        try:
+            return (job.future, job.render(self._run(job.rows)), None)
+        except Exception as exc:
+            return (job.future, None, exc)
 
     def close(self) -> None:
         """Stop the model thread after the batch it is running. Called on the serving loop."""

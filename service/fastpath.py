@@ -1,4 +1,6 @@
-"""``POST /predict`` as a pure ASGI handler in front of FastAPI.
+"""``POST /predict`` as a pure ASGI handler in front of FastAPI, and the pieces it shares with the Open
+Inference Protocol's handler (:mod:`service.v2`): reading a bounded body, running rows through the
+batcher, sending a response.
 
 The hot route skips FastAPI's routing, Request object and middleware stack (a measured ~0.1 ms a
 request, a third of the service's own overhead at concurrency 1); every other route, the error
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
+from service.batching import MicroBatcher, Render
 from service.errors import BadRequest, Invalid, MethodNotAllowed, ModelFailure, NotReady, ServiceError, TooLarge, render
+from service.predictor import Row
 from service.runtime import ModelRuntime
 
 log = logging.getLogger("switchyard.service")
@@ -38,20 +43,13 @@ class PredictRoute:
             status, body, headers = 200, await self._predict(scope, receive), JSON_HEADERS
         except ServiceError as exc:
             status, headers, body = render(exc)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, headers, body)
 
     async def _predict(self, scope: dict[str, Any], receive: Any) -> bytes:
         predictor, batcher = self.runtime.predictor, self.runtime.batcher
         if predictor is None or batcher is None:
             raise NotReady("the model is still loading", headers={"Retry-After": "1"})
-        body = await self._body(scope, receive)
+        body = await read_body(scope, receive, self.limit)
         top_k = _top_k(scope["query_string"])
         try:
             payload = orjson.loads(body)
@@ -59,36 +57,53 @@ class PredictRoute:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
         rows = predictor.parse(payload)
         scope["switchyard.batch_size"] = len(rows)
-        try:
-            fragments = await batcher.submit(rows, top_k)
-        except (ServiceError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log.exception("the model failed on a valid request")
-            raise ModelFailure(f"the model failed: {type(exc).__name__}") from exc
-        return predictor.response(fragments)
+        return predictor.response(await run_model(batcher, rows, partial(predictor.render, top_k=top_k)))
 
-    async def _body(self, scope: dict[str, Any], receive: Any) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                if not value.isdigit():
-                    raise BadRequest("Content-Length must be a number")
-                if int(value) > self.limit:
-                    raise TooLarge(f"the body has {int(value)} bytes, the limit is {self.limit}")
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError  # the client went away: nothing to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise TooLarge(f"the body is over the limit of {self.limit} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+
+async def respond(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to be over ``limit``."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("Content-Length must be a number")
+            if int(value) > limit:
+                raise TooLarge(f"the body has {int(value)} bytes, the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError  # the client went away: nothing to answer
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def run_model(batcher: MicroBatcher, rows: list[Row], render: Render) -> Any:
+    """The rows through the batcher; a model that raises on valid input is a 500 for this request only."""
+    try:
+        return await batcher.submit(rows, render)
+    except (ServiceError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        log.exception("the model failed on a valid request")
+        raise ModelFailure(f"the model failed: {type(exc).__name__}") from exc
 
 
 def _top_k(query: bytes) -> int | None:

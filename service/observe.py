@@ -22,6 +22,18 @@ from prometheus_client.registry import Collector
 access_log = logging.getLogger("switchyard.access")
 
 KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/metadata", "/metrics", "/openapi.json", "/docs"})
+
+
+def route_of(path: str) -> str:
+    """The route label of a request path: known routes as they are, the Open Inference Protocol's by
+    kind (model names and versions would make labels unbounded), anything else "other"."""
+    if path in KNOWN_ROUTES:
+        return path
+    if path.startswith("/v2/models/"):
+        return "/v2/models/infer" if path.endswith("/infer") else "/v2/models"
+    return "/v2" if path == "/v2" or path.startswith("/v2/") else "other"
+
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -131,7 +143,7 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - started
             path = scope["path"]
-            route = path if path in KNOWN_ROUTES else "other"
+            route = route_of(path)
             code = str(status)
             self._observe(route, scope["method"], code, elapsed)
             if self.log_requests:

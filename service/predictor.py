@@ -84,17 +84,23 @@ class Predictor:
             raise Invalid(f"{field}: must be a finite number", field=field)
         return float(value)
 
-    # ---------------------------------------------------------------- the model call (off the loop)
+    # ---------------------------------------------------------------- in the model thread (off the loop)
 
-    def predict(self, rows: list[Row], top_k: int | None) -> list[bytes]:
-        """One model call for all rows; each prediction serialised to JSON here, off the event loop."""
+    def probabilities(self, rows: list[Row]) -> list[list[float]]:
+        """One model call for all rows (of any request, either protocol); each row's label counted."""
         features: Any = rows if self.is_text else np.array(rows, dtype=float)
-        probabilities = self.model.predict_proba(features).tolist()
+        probabilities: list[list[float]] = self.model.predict_proba(features).tolist()
+        counts = self.label_counts
+        for row in probabilities:
+            counts[max(range(len(row)), key=row.__getitem__)] += 1
+        return probabilities
+
+    def render(self, probabilities: list[list[float]], top_k: int | None) -> list[bytes]:
+        """``/predict`` answers: each row serialised to JSON here, off the event loop."""
         classes = self.classes
         out: list[bytes] = []
         for row in probabilities:
             best = max(range(len(row)), key=row.__getitem__)
-            self.label_counts[best] += 1
             if top_k is None or top_k >= len(classes):
                 scores = dict(zip(classes, row, strict=True))
             else:
@@ -102,6 +108,15 @@ class Predictor:
                 scores = {classes[i]: row[i] for i in ranked}
             out.append(orjson.dumps({"label": classes[best], "scores": scores}))
         return out
+
+    def labelled(self, probabilities: list[list[float]]) -> tuple[list[str], list[list[float]]]:
+        """Open Inference Protocol answers: each row's label, and the probabilities as they are."""
+        classes = self.classes
+        return [classes[max(range(len(row)), key=row.__getitem__)] for row in probabilities], probabilities
+
+    def predict(self, rows: list[Row], top_k: int | None = None) -> list[bytes]:
+        """Both at once, for a caller that is not the batcher (the warm-up)."""
+        return self.render(self.probabilities(rows), top_k)
 
     def response(self, predictions: list[bytes]) -> bytes:
         return b'{"predictions":[' + b",".join(predictions) + b'],"model":' + self.model_json + b"}"

@@ -49,7 +49,7 @@ class ModelRuntime:
             log.error(self.failure)
             return False
         self.batcher = MicroBatcher(
-            predictor.predict,
+            predictor.probabilities,
             max_batch_size=settings.max_batch_size if settings.batching else 1,
             max_wait_ms=settings.max_wait_ms,
             max_queue_rows=settings.max_queue_rows,

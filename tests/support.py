@@ -48,6 +48,7 @@ class ServiceProcess:
     """``python -m service`` as a child process on a free port."""
 
     def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.model = model
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"service-{self.port}.log"
