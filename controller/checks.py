@@ -86,3 +86,19 @@ def wait_retired(probes: Probes, clock: Clock, instance: Instance, timeout: floa
             return 0
         clock.sleep(0.005)
     return remaining
+
+
+def check_instance(
+    probes: Probes, instance: Instance, manifest: Manifest, live: Manifest | None, tolerance: float
+) -> list[str]:
+    """The checks of a stage, on an instance something else started (a Kubernetes preview Service
+    reached through a port-forward): readiness with identity, the golden rows, the metric gate."""
+    problem = probes.readiness(instance, manifest)
+    if problem is not None:
+        raise CheckFailed("ready", problem)
+    decision = gate(manifest, live, tolerance)
+    lines = [f"ready: {manifest.name} v{manifest.version} ({manifest.artifact.sha256[:12]}…)"]
+    lines.append(f"smoke: {probes.smoke(instance, manifest)}")
+    if not decision.passed:
+        raise CheckFailed("gate", decision.reason)
+    return [*lines, f"gate: {decision.reason}"]

@@ -8,6 +8,8 @@
   status              what runs, checked against reality (--json for scripts)
   history             every stage / promote / rollback / failure
   down                stop everything this deployment started
+  check NAME VERSION --url URL     the checks of a stage, on an instance something else runs
+  render kubernetes NAME VERSION   manifests and a script for blue/green on a Kubernetes cluster
 
 Exit codes: 0 done; 1 refused or a check failed (live traffic untouched); 2 usage;
 3 the state needs an operator.
@@ -88,6 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=int, help="only the last N entries")
     add("down", "stop the router and every instance of this deployment")
+
+    check = add("check", "readiness with identity, golden rows and the metric gate, on a running instance")
+    check.add_argument("name", help="model name in the registry")
+    check.add_argument("version", help="the version the instance should serve, or 'latest'")
+    check.add_argument("--url", required=True, help="the instance, on loopback, e.g. http://127.0.0.1:18001")
+    check.add_argument("--against", help="the live version, for the metric gate (default: no gate)")
+
+    render = add("render", "write what runs this deployment elsewhere")
+    render.add_argument("target", choices=["kubernetes"], help="kubernetes: manifests and release.sh")
+    render.add_argument("name", help="model name in the registry")
+    render.add_argument("version", help="the version blue serves at first, or 'latest'")
+    render.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    render.add_argument("--replicas", type=int, default=2, help="pods per color once staged (default: 2)")
+    render.add_argument("--image", help="the service image (default: the --backend docker image)")
+    render.add_argument(
+        "--models-source",
+        default="pvc:switchyard-models",
+        help="pvc:CLAIM (a volume holding the registry; default pvc:switchyard-models) or image:IMAGE "
+        "(an init container copies the image's /models)",
+    )
+    render.add_argument("--out", default="k8s", help="folder to write into (default: k8s/)")
     return parser
 
 
@@ -101,16 +124,84 @@ def _settings(args: argparse.Namespace) -> ControllerSettings:
         raise UsageError(f"{flag} {value!r}: {reason}") from None
 
 
-def _version(deployment: Any, name: str | None, raw: str) -> int:
+def _version(models_dir: Path, name: str | None, raw: str) -> int:
     from artifact.manifest import ArtifactError
     from artifact.registry import resolve
 
     if name is None:
         raise UsageError("nothing is up yet; run `release.py up NAME VERSION` first")
     try:
-        return int(resolve(deployment.settings.models_dir, name, raw).name)
+        return int(resolve(models_dir, name, raw).name)
     except ArtifactError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _manifest(models_dir: Path, name: str, version: int) -> Any:
+    from artifact.manifest import ArtifactError, read_manifest
+    from artifact.registry import resolve
+
+    try:
+        return read_manifest(resolve(models_dir, name, version))
+    except ArtifactError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
+    from urllib.parse import urlsplit
+
+    from artifact.manifest import ArtifactError
+    from artifact.registry import resolve
+    from artifact.trust import verify
+    from controller.checks import check_instance
+    from controller.errors import CheckFailed
+    from controller.facts import Instance
+    from controller.probes import HttpProbes
+
+    url = urlsplit(args.url)
+    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+        raise UsageError(f"--url {args.url!r}: expected http://127.0.0.1:PORT (a port-forward, a preview address)")
+    version = _version(settings.models_dir, args.name, args.version)
+    try:
+        manifest = verify(resolve(settings.models_dir, args.name, version))
+    except ArtifactError as exc:
+        raise CheckFailed("verify", str(exc)) from None
+    live = (
+        _manifest(settings.models_dir, args.name, _version(settings.models_dir, args.name, args.against))
+        if args.against
+        else None
+    )
+    instance = Instance("preview", version, "", url.port, "", manifest.artifact.sha256)
+    for line in check_instance(HttpProbes(timeout=5.0), instance, manifest, live, settings.gate_tolerance):
+        print(f"check: {line}")
+    return 0
+
+
+def render(args: argparse.Namespace, settings: ControllerSettings) -> int:
+    import yaml
+
+    from controller import kubernetes
+
+    version = _version(settings.models_dir, args.name, args.version)
+    target = kubernetes.Target(
+        args.name,
+        version,
+        namespace=args.namespace,
+        replicas=args.replicas,
+        image=args.image or settings.docker_image,
+        models_source=args.models_source,
+    )
+    documents = kubernetes.render(target, _manifest(settings.models_dir, args.name, version))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifests = out / f"{target.app}.yaml"
+    manifests.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    script = out / "release.sh"
+    script.write_text(kubernetes.script(target))
+    script.chmod(0o755)
+    kinds = ", ".join(sorted({d["kind"] for d in documents}))
+    print(f"render: wrote {manifests} ({len(documents)} objects: {kinds}) and {script}")
+    print(f"render: apply with `kubectl apply -f {manifests}`; then `{script} stage VERSION`, `promote`, `rollback`")
+    return 0
 
 
 def _age(seconds: float) -> str:
@@ -158,8 +249,13 @@ def print_history(rows: list[dict[str, Any]]) -> None:
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     from controller.deployment import Deployment
 
-    deployment = Deployment(_settings(args), hooks=hooks)
+    settings = _settings(args)
     command = args.command
+    if command == "check":
+        return check(args, settings)
+    if command == "render":
+        return render(args, settings)
+    deployment = Deployment(settings, hooks=hooks)
     if command == "status":
         status = deployment.status()
         if args.json:
@@ -176,11 +272,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
         return 0
     name = deployment.store.load().name
     if command == "up":
-        message = deployment.up(args.name, _version(deployment, args.name, args.version))
+        message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))
     elif command == "stage":
-        message = deployment.stage(_version(deployment, name, args.version), force=args.force)
+        message = deployment.stage(_version(settings.models_dir, name, args.version), force=args.force)
     elif command == "promote":
-        version = _version(deployment, name, args.version) if args.version else None
+        version = _version(settings.models_dir, name, args.version) if args.version else None
         message = deployment.promote(version, force=args.force)
     elif command == "rollback":
         message = deployment.rollback()
