@@ -145,9 +145,13 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
 
 
 def _flip(action: str, facts: Facts, target: str, version: int, force: bool) -> list[Step]:
+    """A deploy is checked against what is live when it is made (a candidate may have been staged
+    with --force, or against another live version); a rollback goes back to what was live before."""
     assert facts.active is not None
     old = facts.slots[facts.active]
+    gate = [Step("gate", action, target, version, forced=force)] if action == "promote" else []
     return [
+        *gate,
         Step("flip", action, target, version, forced=force),
         Step("retire", action, facts.active, old.version, handle=old.handle),
         Step("commit", action, target, version, forced=force),
@@ -176,8 +180,8 @@ def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refus
             staged = _stage(command, facts, observed)
             if isinstance(staged, Refusal):
                 return staged
-            idle = other(facts.active)
-            return Plan((*staged, *_flip("promote", facts, idle, version, force)), facts)
+            idle = other(facts.active)  # its gate ran in the stage, a moment ago
+            return Plan((*staged, *_flip("promote", facts, idle, version, force)[1:]), facts)
     if facts.staged is None:
         return Refusal(f"cannot promote: {HINTS[(Phase.HEALTHY, 'promote')]}")
     target_version = facts.slots[facts.staged].version
@@ -212,7 +216,9 @@ def leaves(step: Step, facts: Facts, made: Made) -> Facts:
     """The facts ``step`` leaves behind: the journal entry before it runs; for a commit, the new facts."""
     if step.name in JOURNALED:
         assert step.color is not None and step.version is not None
-        candidate = made.candidate
+        # The instance the step acts on: one this run started, else the slot's (a flip, a reused
+        # instance; while a new one starts, the old one it replaces, which repair must not stop).
+        candidate = made.candidate or facts.slots.get(step.color)
         if step.name == "flip":
             candidate = facts.slots.get(step.color, candidate)
         return facts.replace(op=Op(step.action, step.color, step.version, step.name, candidate, step.forced))

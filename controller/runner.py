@@ -157,7 +157,9 @@ class Runner:
             raise CheckFailed("verify", str(exc)) from None
 
     def _gate(self, facts: Facts, step: Step) -> None:
-        assert self.manifest is not None
+        assert step.version is not None
+        if self.manifest is None or self.manifest.version != step.version:  # a staged slot's, at a promote
+            self.manifest = self._manifest(facts, step.version)
         live = facts.slot(facts.active)
         decision = checks.gate(
             self.manifest, self._manifest(facts, live.version) if live else None, self.settings.gate_tolerance

@@ -147,7 +147,9 @@ def test_plans_name_their_steps_in_order(world: World) -> None:
     controller.stage(2)
     facts = world.facts
     staged = plan(Command("promote", 2), facts, controller.observe(facts))
-    assert isinstance(staged, Plan) and [s.name for s in staged.steps] == ["flip", "retire", "commit"]
+    assert isinstance(staged, Plan) and [s.name for s in staged.steps] == ["gate", "flip", "retire", "commit"]
+    back = plan(Command("rollback"), facts, controller.observe(facts))
+    assert isinstance(back, Refusal)  # nothing to roll back to while v2 is only staged
 
 
 def test_stage_reuses_a_ready_idle_instance_of_the_same_version(world: World) -> None:
@@ -218,6 +220,17 @@ def test_a_promote_starts_checks_flips_and_retires_in_that_order(world: World) -
     assert world.serving() == 2
 
 
+def test_a_deploy_meets_the_gate_even_when_the_stage_was_forced(world: World) -> None:
+    live_with_previous(world)  # v2 live, v1 previous
+    world.controller().stage(1, force=True)  # reused: v1 still runs in blue
+    with pytest.raises(CheckFailed, match=r"gate failed: .*worse than live"):
+        world.controller().promote()
+    assert world.serving() == 2 and world.facts.staged == "blue"
+    assert (world.store.events[-1].action, world.store.events[-1].step) == ("promote", "gate")
+    world.controller().promote(force=True)
+    assert world.serving() == 1 and world.store.events[-1].forced
+
+
 def test_a_failed_check_stops_the_candidate_and_leaves_live_traffic(world: World) -> None:
     world.controller().up("sample", 2)
     world.probes.failing_smoke.add(1)
@@ -268,7 +281,7 @@ KILL_MATRIX = {
     "up": ["verify", "start", "ready", "smoke", "gate", "router", "commit"],
     "stage": ["verify", "start", "ready", "smoke", "gate", "commit", "stop"],
     "promote VERSION": ["verify", "start", "ready", "smoke", "gate", "commit", "flip", "retire", "commit#2"],
-    "promote": ["flip", "retire", "commit"],
+    "promote": ["gate", "flip", "retire", "commit"],
     "rollback": ["flip", "retire", "commit"],
 }
 
