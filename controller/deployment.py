@@ -9,17 +9,19 @@ probes, store, clock, the step hook) are built here from the settings, or inject
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from artifact.manifest import ArtifactError, Manifest, read_manifest
 from artifact.registry import resolve
-from controller import adopt, lock, repair, view
+from controller import adopt, lock, notify, repair, view
 from controller.backends import make_backend
 from controller.backends.base import Backend
-from controller.errors import UsageError
+from controller.errors import CheckFailed, UsageError
 from controller.facts import Facts
+from controller.notify import Notifier
 from controller.phase import Observed
 from controller.planner import Command, Made, Plan, Refusal, plan
 from controller.probes import HttpProbes
@@ -49,6 +51,7 @@ class Deployment:
         clock: Clock | None = None,
         hooks: Hooks | None = None,
         say: Say = _stderr,
+        actor: str | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend or make_backend(settings)
@@ -56,9 +59,12 @@ class Deployment:
         self._routers: dict[str, RouterDriver] = {}
         self.probes = probes or HttpProbes()
         self.clock = clock or SystemClock()
-        self.store = store or SqliteStore(settings.run_dir / "state.db", self.clock.time)
+        # Who acts: a console user, or for the CLI the operating-system user; on every history line.
+        self.actor = actor or f"{getpass.getuser()} (cli)"
+        self.store = store or SqliteStore(settings.run_dir / "state.db", self.clock.time, self.actor)
         self.hooks = hooks or NoHooks()
         self.say = say
+        self.notifier = Notifier(notify.urls(settings.notify, settings.run_dir), settings.console_url, say)
 
     def seams(self, facts: Facts) -> Seams:
         kind = facts.router.kind if facts.router else self._default_router_kind()
@@ -120,9 +126,35 @@ class Deployment:
                 raise decision.error(decision.reason)
             if decision.message:
                 return decision.message
-            seams = self.seams(decision.before)
-            after, made = Runner(self.settings, seams).run(decision, facts)
-            return self._summary(decision, facts, after, made)
+            refused: CheckFailed | None = None
+            try:
+                after, made = Runner(self.settings, self.seams(decision.before)).run(decision, facts)
+            except CheckFailed as exc:
+                if exc.step != "gate":
+                    raise
+                refused = exc
+            else:
+                message = self._summary(decision, facts, after, made)
+        if refused is not None:  # the lock is released: a slow webhook must not hold up the next command
+            self._notify("gate_refused", "/compare", facts, command.version, reason=refused.reason)
+            raise refused
+        last = decision.steps[-1]
+        if last.name == "commit" and last.action in ("stage", "promote", "rollback"):
+            event = {"stage": "staged", "promote": "deployed", "rollback": "rolled_back"}[last.action]
+            self._notify(event, "/compare" if event == "staged" else "/", facts, last.version, reason=message)
+        return message
+
+    def _notify(self, event: str, page: str, before: Facts, version: int | None, reason: str) -> None:
+        live = before.slot(before.active)
+        self.notifier.send(
+            event,
+            page,
+            model=before.name,
+            version=version,
+            live_version=live.version if live else None,
+            actor=self.actor,
+            message=reason,
+        )
 
     def _summary(self, plan: Plan, before: Facts, after: Facts, made: Made) -> str:
         last = plan.steps[-1]

@@ -10,6 +10,8 @@
   down                stop everything this deployment started
   check NAME VERSION --url URL     the checks of a stage, on an instance something else runs
   render kubernetes NAME VERSION   manifests and a script for blue/green on a Kubernetes cluster
+  users add|list|remove            console accounts (viewer or deployer)
+  console                          the deploy console, a web page (--host, --port, --detach)
 
 Exit codes: 0 done; 1 refused or a check failed (live traffic untouched); 2 usage;
 3 the state needs an operator.
@@ -47,14 +49,20 @@ SETTING_OPTIONS = {
         "--cpu-affinity",
         "instances' CPU pinning: auto (blue from the first CPU, green from the last), off, or a list (default: auto)",
     ),
+    "notify": ("--notify", "a webhook URL for release events; repeatable [env SWITCHYARD_NOTIFY, comma-separated]"),
+    "console_url": ("--console-url", "the console's address, for links in notifications [env SWITCHYARD_CONSOLE_URL]"),
 }
 
 
-def _common(suppress: bool) -> argparse.ArgumentParser:
+def _common(suppress: bool, leave_out: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("deployment options")
     for dest, (flag, helptext) in SETTING_OPTIONS.items():
-        group.add_argument(flag, dest=dest, help=helptext, default=argparse.SUPPRESS if suppress else None)
+        if dest in leave_out:
+            continue
+        default = argparse.SUPPRESS if suppress else None
+        action = "append" if dest == "notify" else "store"
+        group.add_argument(flag, dest=dest, help=helptext, default=default, action=action)
     return parser
 
 
@@ -111,11 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(an init container copies the image's /models)",
     )
     render.add_argument("--out", default="k8s", help="folder to write into (default: k8s/)")
+
+    users = add("users", "console accounts: add, list, remove (passwords from a prompt or stdin)")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    users_add = users_sub.add_parser("add", help="add an account, or set its role and password", parents=[common])
+    users_add.add_argument("user", help="the account's name")
+    users_add.add_argument("--role", required=True, choices=["viewer", "deployer"], help="viewer or deployer")
+    users_sub.add_parser("list", help="every account and its role", parents=[common])
+    users_remove = users_sub.add_parser("remove", help="remove an account", parents=[common])
+    users_remove.add_argument("user", help="the account's name")
+
+    console = sub.add_parser(
+        "console",
+        help="the deploy console: a web page to see the evidence, deploy and roll back",
+        description="the deploy console: a web page to see the evidence, deploy and roll back",
+        parents=[_common(True, leave_out=("router_host", "router_port"))],
+    )
+    console.add_argument("--host", dest="console_host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    console.add_argument("--port", dest="console_port", type=int, default=8090, help="port (default: 8090)")
+    console.add_argument("--detach", action="store_true", help="run in the background until `release down`")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> ControllerSettings:
     given = {dest: getattr(args, dest) for dest in SETTING_OPTIONS if getattr(args, dest, None) is not None}
+    if "notify" in given:
+        given["notify"] = ",".join(given["notify"])
     try:
         return ControllerSettings(**given)
     except ValidationError as exc:
@@ -173,6 +202,34 @@ def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
     instance = Instance("preview", version, "", url.port, "", manifest.artifact.sha256)
     for line in check_instance(HttpProbes(timeout=5.0), instance, manifest, live, settings.gate_tolerance):
         print(f"check: {line}")
+    return 0
+
+
+def read_password(user: str) -> str:
+    """From a prompt (twice) on a terminal, else the first line of standard input; never an argument."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {user}: ")
+        if getpass.getpass("again: ") != first:
+            raise UsageError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def users(args: argparse.Namespace, settings: ControllerSettings) -> int:
+    from controller.users import Accounts
+
+    accounts = Accounts(settings.run_dir)
+    if args.users_command == "add":
+        accounts.add(args.user, args.role, read_password(args.user))
+        print(f"users: {args.user} is a {args.role}")
+    elif args.users_command == "remove":
+        accounts.remove(args.user)
+        print(f"users: removed {args.user}")
+    else:
+        for user in accounts.list():
+            print(f"{user.name:<24} {user.role}")
     return 0
 
 
@@ -243,7 +300,10 @@ def print_history(rows: list[dict[str, Any]]) -> None:
         versions = f"v{row['from_version'] or '-'} -> v{row['to_version'] or '-'}"
         step = f" at {row['step']}" if row["step"] else ""
         forced = " FORCED" if row["forced"] else ""
-        print(f"{row['at']}  {row['action']:<8} {row['outcome']:<8} {versions:<12}{step}{forced}  {row['reason']}")
+        actor = f"  [{row['actor']}]" if row.get("actor") else ""
+        print(
+            f"{row['at']}  {row['action']:<8} {row['outcome']:<8} {versions:<12}{step}{forced}  {row['reason']}{actor}"
+        )
 
 
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
@@ -255,6 +315,12 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
         return check(args, settings)
     if command == "render":
         return render(args, settings)
+    if command == "users":
+        return users(args, settings)
+    if command == "console":
+        from controller.console.serve import console
+
+        return console(settings, args.console_host, args.console_port, detach=args.detach)
     deployment = Deployment(settings, hooks=hooks)
     if command == "status":
         status = deployment.status()
@@ -281,7 +347,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     elif command == "rollback":
         message = deployment.rollback()
     else:
+        from controller.console.serve import stop
+
         message = deployment.down()
+        if stop(settings):
+            message += "; stopped the console"
     print(message)
     return 0
 

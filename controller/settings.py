@@ -35,6 +35,8 @@ class ControllerSettings(BaseSettings):
     docker_network: str = Field("switchyard", description="the network the router and instances share")
     docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
     docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")
+    notify: str = Field("", description="webhook URLs for release events, comma-separated")
+    console_url: str | None = Field(None, description="the console's address, for links in notifications")
 
     @field_validator("instance_cpu_affinity")
     @classmethod

@@ -23,21 +23,26 @@ CREATE TABLE IF NOT EXISTS history (
     to_version INTEGER,
     step TEXT,
     reason TEXT NOT NULL,
-    forced INTEGER NOT NULL
+    forced INTEGER NOT NULL,
+    actor TEXT NOT NULL DEFAULT ''
 );
 """
+COLUMNS = ["at", "action", "outcome", "from_version", "to_version", "step", "reason", "forced", "actor"]
 
 
 class SqliteStore:
     """Facts and history in one SQLite file (WAL, synchronous=FULL): a transition is one transaction."""
 
-    def __init__(self, path: Path, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, now: Callable[[], float] = time.time, actor: str = "") -> None:
         self.now = now
+        self.actor = actor  # who acts through this store: every history line it writes names them
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        if "actor" not in {row[1] for row in self.db.execute("PRAGMA table_info(history)")}:
+            self.db.execute("ALTER TABLE history ADD COLUMN actor TEXT NOT NULL DEFAULT ''")  # older state files
 
     def load(self) -> Facts:
         row = self.db.execute("SELECT body FROM facts WHERE id = 1").fetchone()
@@ -62,8 +67,7 @@ class SqliteStore:
 
     def _insert(self, event: Event) -> None:
         self.db.execute(
-            "INSERT INTO history (at, action, outcome, from_version, to_version, step, reason, forced)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
             (
                 datetime.fromtimestamp(self.now(), UTC).isoformat(timespec="milliseconds"),
                 event.action,
@@ -73,14 +77,13 @@ class SqliteStore:
                 event.step,
                 event.reason,
                 int(event.forced),
+                self.actor,
             ),
         )
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
-        query = "SELECT at, action, outcome, from_version, to_version, step, reason, forced FROM history"
-        query += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        columns = ["at", "action", "outcome", "from_version", "to_version", "step", "reason", "forced"]
-        rows = [dict(zip(columns, row, strict=True)) for row in self.db.execute(query)]
+        query = f"SELECT {', '.join(COLUMNS)} FROM history ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        rows = [dict(zip(COLUMNS, row, strict=True)) for row in self.db.execute(query)]
         for row in rows:
             row["forced"] = bool(row["forced"])
         return rows[::-1]

@@ -131,7 +131,7 @@ def test_gate_compares_only_on_shared_evaluation_data(registry: Path) -> None:
 
 
 def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "state.db")
+    store = SqliteStore(tmp_path / "state.db", actor="alice (console)")
     assert store.load() == Facts()
     facts = LIVE.replace(op=Op("promote", "green", 2, "flip", GREEN, forced=True))
     store.save(facts, Event("promote", "ok", 1, 2, reason="r", forced=True))
@@ -146,7 +146,25 @@ def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
         "step": None,
         "reason": "r",
         "forced": True,
+        "actor": "alice (console)",
     }
+
+
+def test_a_state_file_from_before_actors_keeps_its_history(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "state.db")
+    old.executescript(
+        "CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,"
+        " outcome TEXT NOT NULL, from_version INTEGER, to_version INTEGER, step TEXT, reason TEXT NOT NULL,"
+        " forced INTEGER NOT NULL);"
+        "INSERT INTO history (at, action, outcome, reason, forced) VALUES ('2026-01-01', 'up', 'ok', 'r', 0);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteStore(tmp_path / "state.db", actor="bob (cli)")
+    store.record(Event("rollback", "ok", 2, 1))
+    assert [(row["action"], row["actor"]) for row in store.history()] == [("up", ""), ("rollback", "bob (cli)")]
 
 
 def test_compose_runs_the_same_nginx_config_as_the_docker_backend() -> None:

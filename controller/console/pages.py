@@ -1,0 +1,112 @@
+"""What the console's pages show, gathered from the deployment the CLI drives: its status (checked
+against what runs, with short probe timeouts so that a slow instance cannot hold a page up), the
+manifests of the versions in its slots, the gate's verdict, and the history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from artifact.manifest import ArtifactError, Manifest, read_manifest
+from artifact.registry import resolve
+from controller.checks import gate
+from controller.deployment import Deployment
+from controller.probes import HttpProbes
+from controller.settings import ControllerSettings
+
+PROBE_SECONDS = 0.5
+METRICS = ("accuracy", "macro_f1")
+
+
+def deployment(settings: ControllerSettings, actor: str | None = None) -> Deployment:
+    return Deployment(settings, probes=HttpProbes(timeout=PROBE_SECONDS), say=lambda _: None, actor=actor)
+
+
+def manifest(settings: ControllerSettings, name: str | None, version: int | None) -> Manifest | None:
+    if name is None or version is None:
+        return None
+    try:
+        return read_manifest(resolve(settings.models_dir, name, version))
+    except ArtifactError:
+        return None
+
+
+def describe(manifest: Manifest | None) -> dict[str, Any]:
+    """What a person deciding needs to know about a version, at a glance."""
+    if manifest is None:
+        return {}
+    kind = manifest.model.get("kind", "?")
+    holdout = manifest.metrics.get("holdout", {})
+    return {
+        "kind": kind,
+        "family": "rules" if kind == "rules" else "ML",
+        "created_at": manifest.created_at[:19].replace("T", " "),
+        "dataset": f"{Path(manifest.dataset.path).name} ({manifest.dataset.rows} rows, {manifest.dataset.sha256[:8]})",
+        "revision": (manifest.git_revision or "unknown")[:12],
+        "metric": manifest.metric,
+        "score": holdout.get(manifest.metric),
+    }
+
+
+def overview(settings: ControllerSettings) -> dict[str, Any]:
+    status = deployment(settings).status()
+    for slot in status["slots"]:
+        slot["about"] = describe(manifest(settings, status["name"], slot["version"]))
+    return status
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    live: float | None
+    candidate: float | None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.live is None or self.candidate is None else self.candidate - self.live
+
+
+def _sets(m: Manifest) -> dict[str, dict[str, Any]]:
+    return {"held-out split": m.metrics.get("holdout", {}), **m.metrics.get("eval_sets", {})}
+
+
+def compare(settings: ControllerSettings) -> dict[str, Any]:
+    """The candidate (the staged slot, else the rollback target) against the live slot."""
+    status = overview(settings)
+    slots = {slot["role"]: slot for slot in status["slots"]}
+    live, candidate = slots.get("live"), slots.get("staged") or slots.get("previous")
+    page: dict[str, Any] = {"status": status, "live": live, "candidate": candidate}
+    if live is None or candidate is None:
+        return page
+    name = status["name"]
+    old, new = manifest(settings, name, live["version"]), manifest(settings, name, candidate["version"])
+    if old is None or new is None:
+        return page
+    sets = []
+    for set_name, metrics in _sets(new).items():
+        before = _sets(old).get(set_name, {})
+        sets.append((set_name, [Row(m, before.get(m), metrics.get(m)) for m in METRICS]))
+    classes = []
+    live_classes = old.metrics.get("holdout", {}).get("per_class", {})
+    for label, scores in new.metrics.get("holdout", {}).get("per_class", {}).items():
+        before = live_classes.get(label, {})
+        classes.append((label, [Row(m, before.get(m), scores.get(m)) for m in ("precision", "recall", "f1")]))
+    classes.sort(key=lambda item: -abs(item[1][2].delta or 0.0))
+    decision = gate(new, old, settings.gate_tolerance)
+    page |= {"sets": sets, "classes": classes, "gate": decision}
+    return page
+
+
+def act(settings: ControllerSettings, action: str, actor: str) -> str:
+    """A deploy or a rollback: the CLI's own operation, under the same lock, in the name of ``actor``."""
+    operation = deployment(settings, actor=actor)
+    return operation.promote() if action == "promote" else operation.rollback()
+
+
+def model_name(settings: ControllerSettings) -> str | None:
+    return deployment(settings).store.load().name
+
+
+def history(settings: ControllerSettings) -> list[dict[str, Any]]:
+    return deployment(settings).history()[::-1]

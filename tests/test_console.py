@@ -1,0 +1,197 @@
+"""The deploy console as the person who owns the decision uses it: a real headless Chromium, a real
+deployment (service processes, the builtin router, the SQLite state), accounts made with the CLI, and
+webhooks received by a local server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from browser import Page, chrome, webhook
+
+from controller.host import free_port
+from support import ROOT, Release, clean_env
+
+PASSWORDS = {"alice": "correct horse battery", "victor": "viewer only please"}
+SHOTS = Path(os.environ["SCREENSHOTS_DIR"]) if os.environ.get("SCREENSHOTS_DIR") else None
+
+
+def run(release: Release, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """release.py for this deployment's run dir and registry (the console has --host/--port of its own)."""
+    command = [sys.executable, str(ROOT / "controller" / "release.py"), *args]
+    return subprocess.run(
+        [*command, "--run-dir", str(release.run_dir), "--models-dir", str(release.models)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def add_user(release: Release, name: str, role: str) -> None:
+    # from standard input: a password is never a command-line argument
+    result = run(release, "users", "add", name, "--role", role, stdin=PASSWORDS[name] + "\n")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def deployment(models: Path, tmp_path: Path) -> Iterator[tuple[Release, str, list[dict[str, Any]]]]:
+    """sample v1 live, v2 staged, two accounts, and the console detached beside the router."""
+    with webhook() as (hook, received):
+        release = Release(models, tmp_path / "run", "builtin")
+        port = free_port()
+        env = {"SWITCHYARD_NOTIFY": hook, "SWITCHYARD_CONSOLE_URL": f"http://127.0.0.1:{port}"}
+        try:
+            release("up", "sample", "1", **env)
+            release("stage", "2", **env)
+            add_user(release, "alice", "deployer")
+            add_user(release, "victor", "viewer")
+            started = run(release, "console", "--router", "builtin", "--port", str(port), "--detach", **env)
+            assert started.returncode == 0 and "detached" in started.stdout, started.stderr
+            yield release, f"http://127.0.0.1:{port}", received
+        finally:
+            release("down", check=False)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = chrome()
+    yield driver
+    driver.quit()
+
+
+def test_a_deployer_deploys_and_rolls_back_from_the_console(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, received = deployment
+    page = Page(browser, console, SHOTS)
+
+    # A wrong password is refused
+    assert "wrong name or password" in page.log_in("alice", "not the password")
+    page.shot("login")
+
+    # Alice logs in and sees what runs and what waits
+    overview = page.log_in("alice", PASSWORDS["alice"])
+    assert "Staged: green (sample v2) is staged; blue (sample v1) is live" in overview
+    assert "rules: rules" in overview and "ML: tfidf-linear" in overview
+    page.shot("overview")
+
+    # The comparison: offline metrics, per-class changes, both confusion matrices, the gate's verdict
+    page.open("/compare")
+    compare = page.text()
+    assert "sample v2 staged vs v1 live" in compare and "The gate passes" in compare
+    assert "macro_f1" in compare and "Per class" in compare and page.images_loaded()
+    page.shot("compare", full=True)
+
+    # Deploy, confirmed in plain words; the router serves v2 and the history names her
+    page.link("Deploy v2")
+    assert "Users will get sample v2 instead of v1" in page.text()
+    page.shot("confirm")
+    page.click("#confirm")
+    assert "sample v2 (green) is live" in page.wait_for("is live")
+    assert release.serving() == "sample/2"
+    page.open("/history")
+    assert "alice (console) promote ok v1 → v2" in page.text()
+    page.shot("history", full=True)
+
+    # Roll back, the same way
+    page.open("/")
+    page.link("Roll back")
+    assert "Users will get sample v1 instead of v2" in page.text()
+    page.click("#confirm")
+    page.wait_for("is live")
+    assert release.serving() == "sample/1"
+    history = release.history()
+    assert [(h["action"], h["actor"]) for h in history[-2:]] == [
+        ("promote", "alice (console)"),
+        ("rollback", "alice (console)"),
+    ]
+
+    # Webhooks: staged (from the CLI), deployed and rolled back (from the console, with who did it)
+    events = [(e["event"], e["version"], e["actor"].split(" ")[0]) for e in received]
+    assert events[0][:2] == ("staged", 2)
+    assert events[1:] == [("deployed", 2, "alice"), ("rolled_back", 1, "alice")]
+    assert all(e["link"].startswith(console) for e in received)
+
+
+def test_a_refused_deploy_shows_why_and_changes_nothing(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, received = deployment
+    release("promote")  # v2 live, v1 the rollback target
+    release("stage", "1", "--force")  # the rules model, worse than v2, staged past the gate
+    page = Page(browser, console, SHOTS)
+    page.log_in("alice", PASSWORDS["alice"])
+    page.open("/compare")
+    assert "The gate refuses" in page.text() and "worse than live" in page.text()
+    page.link("Deploy v1")
+    assert "The deploy will be refused" in page.text()
+    page.click("#confirm")
+    refused = page.wait_for("refused")
+    assert "gate failed:" in refused and "worse than live" in refused and "Live traffic was not touched" in refused
+    assert release.serving() == "sample/2"
+    assert received[-1]["event"] == "gate_refused" and received[-1]["actor"] == "alice (console)"
+
+
+def test_viewers_see_everything_and_change_nothing(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, _ = deployment
+    page = Page(browser, console, None)
+    assert "Staged" in page.log_in("victor", PASSWORDS["victor"])
+    assert page.buttons() == ["Log out"] or page.buttons() == []
+    page.open("/compare")
+    assert "The gate passes" in page.text() and not [b for b in page.buttons() if "Deploy" in b]
+
+    # A forged POST with the viewer's own session and CSRF token is refused
+    cookies = {"switchyard_session": page.cookie("switchyard_session")}
+    forged = httpx.post(console + "/actions/promote", data={"csrf": page.csrf(), "version": "2"}, cookies=cookies)
+    assert forged.status_code == 403
+    assert httpx.get(console + "/confirm/promote", cookies=cookies).status_code == 403
+    assert release.serving() == "sample/1"
+
+
+def test_a_post_without_the_sessions_csrf_token_is_refused(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, _ = deployment
+    page = Page(browser, console, None)
+    page.log_in("alice", PASSWORDS["alice"])
+    cookies = {"switchyard_session": page.cookie("switchyard_session")}
+    for data in ({"version": "2"}, {"version": "2", "csrf": "guessed"}):
+        assert httpx.post(console + "/actions/promote", data=data, cookies=cookies).status_code == 403
+    assert httpx.post(console + "/actions/promote", data={"version": "2"}).status_code == 403  # no session
+    assert httpx.get(console + "/", follow_redirects=False).headers["location"] == "/login"
+    too_big = httpx.post(console + "/login", content=b"x" * 100_000)
+    assert too_big.status_code == 413
+    assert release.serving() == "sample/1"
+
+
+def test_the_console_refuses_a_public_address_without_accounts(models: Path, tmp_path: Path) -> None:
+    release = Release(models, tmp_path / "run", "builtin")
+    result = run(release, "console", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "refusing to serve the console on 0.0.0.0 with no accounts" in result.stderr
+
+
+def test_repeated_wrong_passwords_wait_longer_each_time() -> None:
+    from controller.console.auth import MAX_DELAY, Throttle
+
+    throttle = Throttle()
+    keys = ("user:alice", "client:127.0.0.1")
+    waits = []
+    for _ in range(8):
+        waits.append(throttle.delay(*keys))
+        throttle.failed(*keys)
+    assert waits[0] == 0 and waits == sorted(waits) and waits[3] == 2 * waits[2] and waits[-1] == MAX_DELAY
+    assert throttle.delay("user:bob", "client:127.0.0.1") == MAX_DELAY  # the address is slowed too
+    throttle.succeeded(*keys)
+    assert throttle.delay(*keys) == 0
