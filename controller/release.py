@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", "start the router on a stable port and the first instance; idempotent")
     up.add_argument("name", help="model name in the registry, e.g. industry")
     up.add_argument("version", help="version number, or 'latest'")
+    up.add_argument(
+        "--console", type=int, metavar="PORT", help="also start the deploy console, detached, on 127.0.0.1:PORT"
+    )
 
     stage = add("stage", "start VERSION in the idle slot, run readiness, smoke test and gate; no traffic moves")
     stage.add_argument("version", help="version number, or 'latest'")
@@ -339,6 +342,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     name = deployment.store.load().name
     if command == "up":
         message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))
+        if args.console:
+            from controller.console.serve import console
+
+            print(message)
+            return console(settings, "127.0.0.1", args.console, detach=True)
     elif command == "stage":
         message = deployment.stage(_version(settings.models_dir, name, args.version), force=args.force)
     elif command == "promote":

@@ -5,6 +5,7 @@ webhooks received by a local server."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -173,6 +174,36 @@ def test_a_post_without_the_sessions_csrf_token_is_refused(
     too_big = httpx.post(console + "/login", content=b"x" * 100_000)
     assert too_big.status_code == 413
     assert release.serving() == "sample/1"
+
+
+def test_a_hung_instance_does_not_hold_a_page_up(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, _ = deployment
+    staged = next(s for s in release.status()["slots"] if s["role"] == "staged")
+    pid = int(staged["handle"].split(":")[0])
+    os.kill(pid, signal.SIGSTOP)  # it accepts connections and never answers
+    try:
+        page = Page(browser, console, None)
+        page.log_in("alice", PASSWORDS["alice"])
+        text = page.text()
+        assert "Degraded" in text and "staged slot green (sample v2) is not ready" in text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_up_can_start_the_console_and_down_stops_it(models: Path, tmp_path: Path) -> None:
+    release = Release(models, tmp_path / "run", "builtin")
+    port = free_port()
+    try:
+        started = release("up", "sample", "1", "--console", str(port))
+        assert f"console: http://127.0.0.1:{port}" in started.stdout
+        assert httpx.get(f"http://127.0.0.1:{port}/login").status_code == 200
+    finally:
+        stopped = release("down", check=False)
+    assert "stopped the console" in stopped.stdout
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/login", timeout=2)
 
 
 def test_the_console_refuses_a_public_address_without_accounts(models: Path, tmp_path: Path) -> None:
