@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.errors import Refused, SwitchyardError, UsageError
+from controller.errors import NeedsOperator, Refused, SwitchyardError, UsageError
 from controller.facts import Event, Facts, Instance, Op, Router, other
 from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
 
@@ -107,14 +107,41 @@ def _checked_start(action: str, color: str, version: int, force: bool) -> list[S
     return [Step(name, action, color, version, forced=force) for name in ("verify", "start", "ready", "smoke", "gate")]
 
 
+def _dead_live(facts: Facts, observed: Observed) -> Refusal | None:
+    """A live slot that does not answer is never reported as success ("already up", "already live")."""
+    assert facts.active is not None
+    if observed.ready.get(facts.active):
+        return None
+    live = facts.slots[facts.active]
+    problem = observed.problems.get(facts.active, "not ready")
+    way_out = "`release down`, then `release up` to start it again"
+    if facts.previous and observed.ready.get(facts.previous):
+        way_out = (
+            f"`release rollback` to send users to v{facts.slots[facts.previous].version}, which is ready, or " + way_out
+        )
+    return Refusal(
+        f"{facts.name} v{live.version} is live in {facts.active}, but it is {problem}: users get errors; {way_out}",
+        NeedsOperator,
+    )
+
+
 def _up(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
     assert command.model is not None and command.version is not None
     if facts.active is not None:
+        dead = _dead_live(facts, observed)
+        if dead is not None:
+            return dead
         live = facts.slots[facts.active]
         notes: tuple[str, ...] = ()
         if (facts.name, live.version) != (command.model, command.version):
             notes = (f"use `release.py promote {command.version}` to release v{command.version}",)
         return Plan((Step("ensure-router", "up", facts.active, live.version),), facts, notes=notes)
+    if observed.strays:
+        return Refusal(
+            f"{observed.strays} process(es) of this deployment run, but no state records them (was the state "
+            "file lost?); nothing was stopped: `release down` stops them, then `release up` starts afresh",
+            NeedsOperator,
+        )
     if observed.port_busy:
         return Refusal(f"port {observed.port_busy} is in use; choose another with --port", UsageError)
     steps = _checked_start("up", "blue", command.version, False)
@@ -174,7 +201,9 @@ def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refus
     version, force = command.version, command.force
     if version is not None:
         if _version(facts, facts.active) == version:
-            return Plan((), facts, message=f"promote: v{version} is already live; nothing to do")
+            return _dead_live(facts, observed) or Plan(
+                (), facts, message=f"promote: v{version} is already live; nothing to do"
+            )
         if not (facts.staged and _version(facts, facts.staged) == version):
             # The one-button path: stage (its own history line), then flip to what was just checked.
             staged = _stage(command, facts, observed)

@@ -59,6 +59,11 @@ def strays(facts: Facts, seams: Seams) -> tuple[tuple[str, ...], tuple[str, ...]
 
 
 def repair(facts: Facts, seams: Seams) -> Facts:
+    if facts == Facts():
+        # Nothing is known: a first `up`, or a state file that was lost. What runs here is then not
+        # ours to stop on a guess (a refused command must never cause an outage): `status` reports
+        # it, `down` stops it.
+        return facts
     events: list[Event] = []
     if facts.op is not None:
         op = facts.op

@@ -20,6 +20,7 @@ from controller.phase import ALLOWED, COMMANDS, Observed, Phase
 from controller.planner import Command, Plan, Refusal, plan
 from controller.settings import ControllerSettings
 from fakes import Crash, CrashAt, FakeBackend, FakeClock, FakeProbes, FakeRouter, MemoryStore, NoCrash
+from support import TRUSTED_KEYS
 
 
 @dataclass
@@ -39,7 +40,9 @@ class World:
         self.probes = FakeProbes(self.backend)
 
     def controller(self, hooks: object | None = None) -> Deployment:
-        settings = ControllerSettings(models_dir=self.models, run_dir=self.run_dir, router_port=free_port())
+        settings = ControllerSettings(
+            models_dir=self.models, run_dir=self.run_dir, router_port=free_port(), trusted_keys=TRUSTED_KEYS
+        )
         return Deployment(
             settings,
             backend=self.backend,
@@ -358,4 +361,31 @@ def test_a_crash_after_the_flip_is_completed_and_the_old_slot_retired(world: Wor
     world.controller().rollback()  # repair completes the promote first, then rolls back
     assert ("retire", blue.handle) in world.backend.calls, "the repair did not retire the old slot's connections"
     assert [e.outcome for e in world.store.events[-2:]] == ["repaired", "ok"]
+    assert world.serving() == 1
+
+
+def test_a_refused_command_never_stops_what_runs_when_the_state_is_lost(world: World) -> None:
+    live_with_previous(world)
+    running, routers = set(world.backend.alive_handles), set(world.router.running)
+    world.store.facts = Facts()  # the state file is lost
+    with pytest.raises(Refused, match="nothing is live"):
+        world.controller().rollback()
+    with pytest.raises(NeedsOperator, match=r"3 process\(es\) of this deployment run, but no state records them"):
+        world.controller().up("sample", 1)
+    assert world.backend.alive_handles == running and world.router.running == routers, "a refusal stopped something"
+    status = world.controller().status()
+    assert status["phase"] == "Absent" and "3 stray process(es) run: `down` removes them" in status["reason"]
+    assert "stopped 3 process(es)" in world.controller().down()
+    assert world.backend.alive_handles == set() and world.router.running == set()
+
+
+def test_a_dead_live_slot_is_never_reported_as_success(world: World) -> None:
+    live_with_previous(world)  # v2 live in green, v1 ready in blue
+    world.backend.kill(world.facts.slots["green"].handle)
+    for attempt in (lambda c: c.up("sample", 2), lambda c: c.promote(2)):
+        with pytest.raises(NeedsOperator, match="v2 is live in green, but it is not running: users get errors"):
+            attempt(world.controller())
+    with pytest.raises(NeedsOperator, match="`release rollback` to send users to v1, which is ready"):
+        world.controller().promote(2)
+    world.controller().rollback()
     assert world.serving() == 1
