@@ -86,15 +86,24 @@ class Manifest(BaseModel):
     search: dict[str, Any] | None = None
 
 
-def read_manifest(version_dir: Path) -> Manifest:
-    path = version_dir / MANIFEST_FILE
+def manifest_bytes(version_dir: Path) -> bytes:
     if not version_dir.is_dir():
         raise ArtifactError(f"no artifact at {version_dir}: directory does not exist")
     try:
-        raw = json.loads(path.read_text())
+        return (version_dir / MANIFEST_FILE).read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"no {MANIFEST_FILE} in {version_dir}") from None
-    except json.JSONDecodeError as exc:
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    return parse_manifest(manifest_bytes(version_dir), version_dir / MANIFEST_FILE)
+
+
+def parse_manifest(data: bytes, path: Path) -> Manifest:
+    """A manifest from its exact bytes (the ones a signature was checked over)."""
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
     found = raw.get("format_version", FORMAT_VERSION) if isinstance(raw, dict) else None
     if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:

@@ -1,9 +1,16 @@
-"""What makes an artifact safe to load: its model file must match the manifest's size and sha256, and
-it must have been built with a scikit-learn this runtime can unpickle.
+"""What makes an artifact safe to load, checked in this order before a byte of it is unpickled:
 
-Artifacts are pickles, and unpickling runs code. :func:`read_verified` reads the model file once,
-checks those bytes, and :func:`unpickle` loads exactly the bytes that were checked, so the file is
-hashed once and cannot change between the check and the load.
+1. its manifest is signed by a trusted key (:mod:`artifact.signing`), so nobody changed it, nor the
+   model file whose sha256 it records, since it was trained;
+2. the folder it sits in is the name and version the manifest claims;
+3. the model file matches the manifest's size and sha256;
+4. it was built with a scikit-learn this runtime can unpickle.
+
+:func:`read_verified` reads the manifest and the model file once and checks those bytes;
+:func:`unpickle` loads exactly the bytes that were checked, with an unpickler that only lets in
+classes from the modules a Switchyard model is made of (scikit-learn, numpy, scipy, joblib, the
+artifact package, plus any the operator names), so a pickle that reaches for ``os`` or ``eval`` is
+refused even if everything else was forged.
 """
 
 from __future__ import annotations
@@ -15,7 +22,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifact.manifest import ArtifactError, Manifest, Runtime, read_manifest
+from artifact.manifest import ArtifactError, Manifest, Runtime, manifest_bytes, parse_manifest
+from artifact.signing import Trust
+
+# Modules whose classes a Switchyard model is made of (and their submodules); everything else in a
+# pickle is refused. service.rules and service.linear are where older artifacts name their classes.
+ALLOWED_MODULES = (
+    "sklearn",
+    "_loss",  # scikit-learn's Cython losses (HistGradientBoosting) pickle under this bare name
+    "numpy",
+    "scipy",
+    "joblib",
+    "artifact",
+    "service.rules",
+    "service.linear",
+    "collections",
+    "copyreg",
+    "re",
+    "_codecs",
+)
+DENIED_MODULES = ("numpy.f2py", "numpy.distutils", "numpy.testing", "sklearn.utils._testing")
+ALLOWED_BUILTINS = frozenset(
+    {
+        "slice",
+        "set",
+        "frozenset",
+        "complex",
+        "range",
+        "bytearray",
+        "bytes",
+        "dict",
+        "list",
+        "tuple",
+        "int",
+        "float",
+        "str",
+        "bool",
+        "object",
+    }
+)
 
 
 def runtime_versions() -> Runtime:
@@ -49,17 +94,28 @@ def _check_digest(path: Path, manifest: Manifest, size: int, actual: str) -> Non
         )
 
 
-def _model_path(version_dir: Path, manifest: Manifest) -> Path:
+def model_path(version_dir: Path, manifest: Manifest) -> Path:
     path = version_dir / manifest.artifact.file
     if not path.is_file():
         raise ArtifactError(f"{path} is missing")
     return path
 
 
-def verify(version_dir: Path) -> Manifest:
-    """Check the model file against the manifest's size and sha256 (without loading it)."""
-    manifest = read_manifest(version_dir)
-    path = _model_path(version_dir, manifest)
+def _trusted_manifest(version_dir: Path, trust: Trust) -> Manifest:
+    data = manifest_bytes(version_dir)
+    trust.check(version_dir, data)
+    manifest = parse_manifest(data, version_dir / "manifest.json")
+    claimed = f"{manifest.name}/{manifest.version}"
+    found = f"{version_dir.parent.name}/{version_dir.name}"
+    if claimed != found:
+        raise ArtifactError(f"{version_dir}: the folder says {found}, the manifest says {claimed}: refusing it")
+    return manifest
+
+
+def verify(version_dir: Path, trust: Trust) -> Manifest:
+    """Check the signature, the folder and the model file's size and sha256 (without loading it)."""
+    manifest = _trusted_manifest(version_dir, trust)
+    path = model_path(version_dir, manifest)
     size = path.stat().st_size
     if size != manifest.artifact.size:  # cheap, and spares hashing a file that cannot match
         _check_digest(path, manifest, size, "")
@@ -76,9 +132,9 @@ class Verified:
     payload: bytes
 
 
-def read_verified(version_dir: Path) -> Verified:
-    manifest = read_manifest(version_dir)
-    path = _model_path(version_dir, manifest)
+def read_verified(version_dir: Path, trust: Trust) -> Verified:
+    manifest = _trusted_manifest(version_dir, trust)
+    path = model_path(version_dir, manifest)
     payload = path.read_bytes()
     _check_digest(path, manifest, len(payload), hashlib.sha256(payload).hexdigest())
     return Verified(manifest, path, payload)
@@ -105,18 +161,39 @@ def check_runtime(manifest: Manifest, *, allow_mismatch: bool = False) -> list[s
     return warnings
 
 
-def unpickle(verified: Verified, *, allow_version_mismatch: bool = False) -> Any:
-    """Load the checked bytes (never the file again)."""
-    import joblib
+def _allowed(module: str, name: str, extra: tuple[str, ...]) -> bool:
+    if module == "builtins":
+        return name in ALLOWED_BUILTINS
+    if any(module == m or module.startswith(m + ".") for m in DENIED_MODULES):
+        return False
+    return any(module == m or module.startswith(m + ".") for m in (*ALLOWED_MODULES, *extra))
+
+
+def unpickle(verified: Verified, *, allow_version_mismatch: bool = False, modules: tuple[str, ...] = ()) -> Any:
+    """Load the checked bytes (never the file again), letting in only the allowed modules' classes
+    (``modules`` adds to them: a team's own model classes)."""
+    from joblib.numpy_pickle import NumpyUnpickler, _validate_fileobject_and_memmap
+
+    class AllowList(NumpyUnpickler):  # type: ignore[misc]
+        def find_class(self, module: str, name: str) -> Any:
+            if not _allowed(module, name, modules):
+                raise ArtifactError(
+                    f"{verified.path} wants {module}.{name}, which is not among the classes a Switchyard "
+                    "model is made of: refusing to unpickle it"
+                )
+            return super().find_class(module, name)
 
     check_runtime(verified.manifest, allow_mismatch=allow_version_mismatch)
     try:
-        return joblib.load(io.BytesIO(verified.payload))
+        with _validate_fileobject_and_memmap(io.BytesIO(verified.payload), "", None) as (stream, _):
+            return AllowList("", stream, ensure_native_byte_order=True).load()
+    except ArtifactError:
+        raise
     except Exception as exc:  # a verified pickle can still fail to import a class
         raise ArtifactError(f"cannot unpickle {verified.path}: {exc}") from exc
 
 
-def load_model(version_dir: Path, *, allow_version_mismatch: bool = False) -> tuple[Any, Manifest]:
-    """Verify, then unpickle. Never unpickles a file whose hash does not match its manifest."""
-    verified = read_verified(version_dir)
-    return unpickle(verified, allow_version_mismatch=allow_version_mismatch), verified.manifest
+def load_model(version_dir: Path, trust: Trust, *, modules: tuple[str, ...] = ()) -> tuple[Any, Manifest]:
+    """Verify, then unpickle. Never unpickles a file whose signature, folder or hash is wrong."""
+    verified = read_verified(version_dir, trust)
+    return unpickle(verified, modules=modules), verified.manifest

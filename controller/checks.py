@@ -5,6 +5,7 @@ connections. Each failing check raises :class:`CheckFailed` naming its step.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from artifact.manifest import Manifest
@@ -12,6 +13,19 @@ from controller.backends.base import Backend
 from controller.errors import CheckFailed
 from controller.facts import Instance
 from controller.seams import Clock, Probes
+
+
+def reason_in(logs: str) -> str | None:
+    """The reason a service gave for exiting: its last "error: ..." line, or its last error log record."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+        if line.startswith("{") and '"level":"error"' in line.replace(" ", ""):
+            try:
+                return str(json.loads(line)["message"])
+            except (ValueError, KeyError):
+                continue
+    return None
 
 
 def wait_ready(
@@ -24,8 +38,10 @@ def wait_ready(
         if not backend.alive(instance.handle):
             code = backend.exit_code(instance.handle)
             how = f" with code {code}" if code is not None else ""
+            logs = backend.logs(instance.handle)
+            why = reason_in(logs)
             raise CheckFailed(
-                "ready", f"the instance exited{how}; its last log lines:\n{backend.logs(instance.handle)}"
+                "ready", f"the instance exited{how}{': ' + why if why else ''}; its last log lines:\n{logs}"
             )
         problem = probes.readiness(instance, manifest)
         if problem is None:

@@ -9,6 +9,7 @@ Kubernetes, as plain manifests and a script, with nothing to install in the clus
 - a Service ``<app>`` whose selector names the live color (the flip is a patch of that selector),
   and a preview Service ``<app>-preview`` that selects the other color;
 - a PodDisruptionBudget per color;
+- a ConfigMap of the trusted public keys, mounted read-only: pods verify each artifact's signature;
 - ``release.sh``: stage, promote, rollback and status with kubectl, checking a staged version through
   the preview Service with ``release check`` (readiness with identity, golden rows, the metric gate
   against what is live), exactly the checks a local stage runs.
@@ -97,7 +98,10 @@ def _security() -> dict[str, Any]:
 
 def deployment(target: Target, color: str, version: int, replicas: int, manifest: Manifest) -> dict[str, Any]:
     kind, source = target.source()
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "trusted-keys", "configMap": {"name": f"{target.app}-trusted-keys"}},
+    ]
     init: list[dict[str, Any]] = []
     if kind == "pvc":
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": source, "readOnly": True}})
@@ -120,6 +124,7 @@ def deployment(target: Target, color: str, version: int, replicas: int, manifest
             {"name": "SWITCHYARD_HOST", "value": "0.0.0.0"},
             {"name": "SWITCHYARD_PORT", "value": str(PORT)},
             {"name": "SWITCHYARD_CPU_AFFINITY", "value": "off"},  # the kubelet places pods on CPUs
+            {"name": "SWITCHYARD_TRUSTED_KEYS", "value": "/keys"},  # artifacts must be signed by one of them
         ],
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": _probe("/healthz", 2, 60),
@@ -130,6 +135,7 @@ def deployment(target: Target, color: str, version: int, replicas: int, manifest
         "volumeMounts": [
             {"name": "models", "mountPath": "/models", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "trusted-keys", "mountPath": "/keys", "readOnly": True},
         ],
     }
     pod: dict[str, Any] = {
@@ -178,9 +184,22 @@ def disruption_budget(target: Target, color: str) -> dict[str, Any]:
     }
 
 
-def render(target: Target, manifest: Manifest) -> list[dict[str, Any]]:
+def trusted_keys(target: Target, keys: dict[str, str]) -> dict[str, Any]:
+    """The public keys the pods trust (file name -> PEM), as the controller's own trusted folder has them."""
+    if not keys:
+        raise UsageError("no trusted public keys to render: the pods would refuse every artifact (see --trusted-keys)")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(target, f"{target.app}-trusted-keys", _labels(target)),
+        "data": keys,
+    }
+
+
+def render(target: Target, manifest: Manifest, keys: dict[str, str]) -> list[dict[str, Any]]:
     """Blue serves ``target.version`` and is live; green is idle (0 replicas) until a stage."""
     return [
+        trusted_keys(target, keys),
         deployment(target, "blue", target.version, target.replicas, manifest),
         deployment(target, "green", target.version, 0, manifest),
         service(target, target.app, "blue"),

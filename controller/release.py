@@ -49,6 +49,12 @@ SETTING_OPTIONS = {
         "--cpu-affinity",
         "instances' CPU pinning: auto (blue from the first CPU, green from the last), off, or a list (default: auto)",
     ),
+    "trusted_keys": ("--trusted-keys", "public keys artifacts must be signed by (default: keys/trusted)"),
+    "allow_unsigned": (
+        "--allow-unsigned",
+        "release unsigned artifacts too: local experiments only [env SWITCHYARD_ALLOW_UNSIGNED]",
+    ),
+    "trusted_modules": ("--trusted-modules", "more modules a pickle may use, comma-separated (your own model classes)"),
     "notify": ("--notify", "a webhook URL for release events; repeatable [env SWITCHYARD_NOTIFY, comma-separated]"),
     "console_url": ("--console-url", "the console's address, for links in notifications [env SWITCHYARD_CONSOLE_URL]"),
 }
@@ -61,7 +67,7 @@ def _common(suppress: bool, leave_out: tuple[str, ...] = ()) -> argparse.Argumen
         if dest in leave_out:
             continue
         default = argparse.SUPPRESS if suppress else None
-        action = "append" if dest == "notify" else "store"
+        action = {"notify": "append", "allow_unsigned": "store_true"}.get(dest, "store")
         group.add_argument(flag, dest=dest, help=helptext, default=default, action=action)
     return parser
 
@@ -194,7 +200,7 @@ def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
         raise UsageError(f"--url {args.url!r}: expected http://127.0.0.1:PORT (a port-forward, a preview address)")
     version = _version(settings.models_dir, args.name, args.version)
     try:
-        manifest = verify(resolve(settings.models_dir, args.name, version))
+        manifest = verify(resolve(settings.models_dir, args.name, version), settings.trust())
     except ArtifactError as exc:
         raise CheckFailed("verify", str(exc)) from None
     live = (
@@ -250,7 +256,8 @@ def render(args: argparse.Namespace, settings: ControllerSettings) -> int:
         image=args.image or settings.docker_image,
         models_source=args.models_source,
     )
-    documents = kubernetes.render(target, _manifest(settings.models_dir, args.name, version))
+    keys = {path.name: path.read_text() for path in sorted(settings.trusted_keys.glob("*.pub"))}
+    documents = kubernetes.render(target, _manifest(settings.models_dir, args.name, version), keys)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifests = out / f"{target.app}.yaml"

@@ -152,7 +152,7 @@ class Runner:
         assert step.version is not None
         path = self._path(facts, step.version)
         try:
-            return verify(path)
+            return verify(path, self.settings.trust())
         except ArtifactError as exc:
             raise CheckFailed("verify", str(exc)) from None
 

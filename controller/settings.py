@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from artifact.signing import Trust
 from service.settings import parse_cpus
 
 
@@ -35,6 +36,9 @@ class ControllerSettings(BaseSettings):
     docker_network: str = Field("switchyard", description="the network the router and instances share")
     docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
     docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")
+    trusted_keys: Path = Field(Path("keys/trusted"), description="public keys an artifact must be signed by")
+    allow_unsigned: bool = Field(False, description="release unsigned artifacts too: local experiments only")
+    trusted_modules: str = Field("", description="more modules a pickle may use, comma-separated")
     notify: str = Field("", description="webhook URLs for release events, comma-separated")
     console_url: str | None = Field(None, description="the console's address, for links in notifications")
 
@@ -50,6 +54,18 @@ class ControllerSettings(BaseSettings):
         if self.instance_cpu_affinity == "auto" and color == "green":
             return "auto-reversed"
         return self.instance_cpu_affinity
+
+    def trust(self) -> Trust:
+        return Trust.from_folder(self.trusted_keys, allow_unsigned=self.allow_unsigned)
+
+    def instance_trust_args(self) -> list[str]:
+        """The same trust, for the service instances the controller starts."""
+        args = ["--trusted-keys", str(self.trusted_keys.resolve())]
+        if self.allow_unsigned:
+            args.append("--allow-unsigned")
+        if self.trusted_modules:
+            args += ["--trusted-modules", self.trusted_modules]
+        return args
 
     def resolved_router(self) -> Literal["nginx", "builtin"]:
         if self.router == "auto":

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from artifact.manifest import ArtifactError, read_manifest
 from artifact.registry import resolve
@@ -16,12 +17,41 @@ def _models_dir(value: str | None) -> Path:
     return Path(value or os.environ.get("SWITCHYARD_MODELS_DIR") or "models")
 
 
+def _signer(args: argparse.Namespace) -> Any:
+    """The signing key; on first use a new pair, whose public key the service and controller trust."""
+    from artifact.signing import create_key, load_private
+
+    key = Path(args.signing_key or os.environ.get("SWITCHYARD_SIGNING_KEY") or "keys/signing.key")
+    if not key.exists():
+        trusted = Path(args.trusted_keys or os.environ.get("SWITCHYARD_TRUSTED_KEYS") or "keys/trusted")
+        identity = create_key(key, trusted)
+        print(
+            f"[train] created a signing key pair: {key} (private, keep it secret) and {trusted}/{identity}.pub "
+            "(trusted by the service and the controller)",
+            file=sys.stderr,
+        )
+    return load_private(key)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from artifact.signing import sign
+    from artifact.trust import model_path, sha256_file
+
+    version_dir = Path(args.version_dir)
+    manifest = read_manifest(version_dir)
+    path = model_path(version_dir, manifest)
+    if sha256_file(path) != manifest.artifact.sha256:
+        raise ArtifactError(f"{path} does not match its manifest's sha256: refusing to sign it")
+    print(f"[sign] {version_dir} signed by key {sign(version_dir, _signer(args))}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.train import train
 
     config = load_config(Path(args.config), data_override=Path(args.data) if args.data else None)
-    path, manifest = train(config, _models_dir(args.models_dir))
+    path, manifest = train(config, _models_dir(args.models_dir), _signer(args))
     holdout = manifest.metrics["holdout"]
     cv = manifest.metrics.get("cv")
     cv_text = f", cv {cv['accuracy']}/{cv['macro_f1']}" if cv else ""
@@ -86,10 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train, evaluate and register a new model version")
+    train = sub.add_parser("train", help="train, evaluate, sign and register a new model version")
+    sign = sub.add_parser("sign", help="sign an existing version (e.g. one trained before signing existed)")
+    sign.add_argument("version_dir", help="models/<name>/<version>")
+    sign.set_defaults(func=cmd_sign)
     train.add_argument("--config", required=True, help="a training config, e.g. pipeline/configs/industry.toml")
     train.add_argument("--models-dir", help="registry root (default: $SWITCHYARD_MODELS_DIR or models/)")
     train.add_argument("--data", help="use this CSV instead of the config's data.path")
+    for command in (train, sign):
+        command.add_argument(
+            "--signing-key", help="private key (default: $SWITCHYARD_SIGNING_KEY or keys/signing.key; made if absent)"
+        )
+        command.add_argument(
+            "--trusted-keys",
+            help="where a new key's public half goes (default: $SWITCHYARD_TRUSTED_KEYS or keys/trusted)",
+        )
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser("compare", help="print two versions' metrics side by side")

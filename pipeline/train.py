@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.base import clone
 from sklearn.model_selection import (
     GridSearchCV,
@@ -23,6 +24,7 @@ from sklearn.model_selection import (
 
 from artifact.manifest import FieldSpec, GoldenRow, InputSchema, Manifest
 from artifact.registry import write_json, write_model_file, write_version
+from artifact.signing import sign
 from artifact.trust import runtime_versions
 from pipeline import evaluate, kinds
 from pipeline.config import TrainConfig
@@ -134,8 +136,8 @@ def _cross_validate(config: TrainConfig, estimator: Any, data: Dataset) -> dict[
     }
 
 
-def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
-    """Train, evaluate and register a new version. Raises before writing anything if input is bad."""
+def train(config: TrainConfig, models_dir: Path, signer: Ed25519PrivateKey) -> tuple[Path, Manifest]:
+    """Train, evaluate, sign and register a new version. Raises before writing anything if input is bad."""
     started = time.perf_counter()
     progress(f"loading {config.data.path}")
     data = load_dataset(config.data.path, config.data)
@@ -226,6 +228,7 @@ def train(config: TrainConfig, models_dir: Path) -> tuple[Path, Manifest]:
         )
         evaluate.write_report(directory, metrics, labels)
         write_json(directory / "manifest.json", manifest.model_dump(mode="json"))
+        progress(f"signed by key {sign(directory, signer)}")
         written.append(manifest)
 
     path = write_version(models_dir, config.name, fill)

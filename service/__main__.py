@@ -54,11 +54,18 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, threads)
 
     from artifact.manifest import ArtifactError
+    from artifact.signing import Trust
     from artifact.trust import check_runtime, read_verified
     from service.server import EXIT_ARTIFACT, serve
 
+    if settings.allow_unsigned:
+        print(
+            "WARNING: --allow-unsigned: an unsigned artifact will be served; never do this in production",
+            file=sys.stderr,
+        )
     try:
-        verified = read_verified(settings.model)  # the model file is hashed here, once
+        trust = Trust.from_folder(settings.trusted_keys, allow_unsigned=settings.allow_unsigned)
+        verified = read_verified(settings.model, trust)  # signature, folder, then the model file, hashed once
         for warning in check_runtime(verified.manifest, allow_mismatch=settings.allow_version_mismatch):
             print(f"warning: {warning}", file=sys.stderr)
     except ArtifactError as exc:

@@ -38,7 +38,9 @@ class ModelRuntime:
         settings = self.settings
         try:
             threadpool_limits(settings.native_threads())
-            model = unpickle(self.verified, allow_version_mismatch=settings.allow_version_mismatch)
+            model = unpickle(
+                self.verified, allow_version_mismatch=settings.allow_version_mismatch, modules=settings.modules()
+            )
             predictor = Predictor(model, self.manifest, Limits(settings.max_instances, settings.max_text_length))
             golden = [predictor.parse(row.input)[0] for row in self.manifest.golden]
             if golden:

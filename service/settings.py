@@ -34,6 +34,13 @@ class ServiceSettings(BaseSettings):
     max_text_length: int = Field(20_000, ge=1, description="characters per text field")
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request body size limit (413 above)")
     allow_version_mismatch: bool = Field(False, description="load a model built with another scikit-learn minor")
+    trusted_keys: Path = Field(
+        Path("keys/trusted"), description="folder of trusted public keys (*.pub): the artifact must be signed by one"
+    )
+    allow_unsigned: bool = Field(False, description="serve an unsigned artifact too: local experiments only")
+    trusted_modules: str = Field(
+        "", description="more modules whose classes a pickle may use, comma-separated (your own model classes)"
+    )
     graceful_timeout: float = Field(10.0, ge=0.0, description="seconds to finish in-flight requests on SIGTERM")
     keep_alive_timeout: int = Field(75, ge=1, description="outlasts the routers' upstream keep-alive")
     access_log: bool = Field(True, description="one JSON line per request on stderr")
@@ -51,6 +58,9 @@ class ServiceSettings(BaseSettings):
     def _cpus_exist(cls, value: str) -> str:
         parse_cpus(value)
         return value
+
+    def modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.trusted_modules.split(",") if m.strip())
 
     def worker_cpu(self, index: int) -> int | None:
         """The CPU worker ``index`` runs on, or None when workers are not pinned."""

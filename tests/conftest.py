@@ -10,10 +10,11 @@ import pytest
 import testmodels
 from artifact.manifest import Manifest
 from artifact.registry import write_json
+from artifact.signing import sign
 from artifact.trust import load_model
 from pipeline.config import load_config
 from pipeline.train import train
-from support import ROOT, SHARED_DATA, artifact_with_model
+from support import ROOT, SHARED_DATA, artifact_with_model, signer, trust
 
 for _key in [k for k in os.environ if k.startswith("SWITCHYARD_")]:
     del os.environ[_key]  # a developer's shell must not change what the tests see
@@ -26,7 +27,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with sample/1 (rules), sample/2 (tf-idf) and company-size/1 (tabular), trained for real."""
     models = tmp_path_factory.mktemp("models")
     for config in ("sample-rules", "sample", "tabular"):
-        train(load_config(CONFIGS / f"{config}.toml"), models)
+        train(load_config(CONFIGS / f"{config}.toml"), models, signer())
     return models
 
 
@@ -44,7 +45,7 @@ def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("release-models")
     shutil.copytree(registry / "sample", root / "sample")
     source = root / "sample" / "2"
-    inner, manifest = load_model(source)
+    inner, manifest = load_model(source, trust(), modules=("testmodels",))
     artifact_with_model(source, root, "sample", testmodels.SlowFirstCall(inner, 3600.0))
     wrong_golden = [
         g.model_copy(update={"predicted": "Utilities" if g.predicted != "Utilities" else "Energy"})
@@ -55,4 +56,5 @@ def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = json.loads((bad_hash / "manifest.json").read_text())
     data["artifact"]["sha256"] = "f" * 64
     write_json(bad_hash / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+    sign(bad_hash, signer())  # signed as it is: the model file, not the manifest, is what is wrong
     return root

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from artifact.manifest import Manifest, read_manifest
 from artifact.registry import write_json, write_model_file, write_version
+from artifact.signing import Trust, create_key, load_private, sign
 from controller.backends.process import ProcessBackend
 from controller.host import child_env, free_port
 from controller.settings import ControllerSettings
@@ -27,10 +31,36 @@ TESTS = Path(__file__).resolve().parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "companies"
 
 
+# One signing key for the whole test session, as a team has one: every artifact the tests make is
+# signed with it, and every service and controller the tests start trusts it (and the tests' own
+# throwaway model classes, in testmodels).
+KEYS = Path(tempfile.mkdtemp(prefix="switchyard-test-keys-"))
+TRUSTED_KEYS = KEYS / "trusted"
+
+
+@functools.cache
+def signer() -> Ed25519PrivateKey:
+    create_key(KEYS / "signing.key", TRUSTED_KEYS)
+    for path in (KEYS, TRUSTED_KEYS, *TRUSTED_KEYS.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # containers read the public keys as another user
+    return load_private(KEYS / "signing.key")
+
+
+def trust() -> Trust:
+    signer()
+    return Trust.from_folder(TRUSTED_KEYS)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: no SWITCHYARD_* from the developer's shell; the tests'
-    own modules (throwaway model classes) importable."""
-    return child_env(**{"PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), **extra})
+    key trusted and used; the tests' own modules (throwaway model classes) importable and allowed."""
+    signer()
+    trust_env = {
+        "SWITCHYARD_SIGNING_KEY": str(KEYS / "signing.key"),
+        "SWITCHYARD_TRUSTED_KEYS": str(TRUSTED_KEYS),
+        "SWITCHYARD_TRUSTED_MODULES": "testmodels",
+    }
+    return child_env(**{"PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), **trust_env, **extra})
 
 
 def cpus_of(pid: int) -> set[int]:
@@ -107,6 +137,7 @@ def artifact_with_model(source: Path, models_dir: Path, name: str, model: Any, *
         data = base.model_dump(mode="json") | {"name": name, "version": version, "artifact": digest.model_dump()}
         data.update(manifest_changes)
         write_json(directory / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+        sign(directory, signer())
 
     return write_version(models_dir, name, fill)
 

@@ -174,3 +174,12 @@ def test_compose_runs_the_same_nginx_config_as_the_docker_backend() -> None:
     assert (ROOT / "docker" / "router" / "nginx.conf").read_text() == render_docker_config(), (
         "regenerate it: python -m controller.routers.nginx > docker/router/nginx.conf"
     )
+
+
+def test_the_reason_a_service_gave_for_exiting_is_found_in_its_log() -> None:
+    from controller.checks import reason_in
+
+    record = '{"time": "t", "level": "error", "logger": "x", "message": "cannot serve m: wants posix.system"}'
+    assert reason_in("started\n" + record + "\nexiting") == "cannot serve m: wants posix.system"
+    assert reason_in("error: models/x is not signed\n") == "models/x is not signed"
+    assert reason_in("nothing to see") is None

@@ -23,7 +23,8 @@ import pytest
 
 from artifact.manifest import Manifest
 from artifact.registry import write_json
-from support import ENERGY, ROOT, Load, Release, clean_env, free_port
+from artifact.signing import sign
+from support import ENERGY, ROOT, Load, Release, clean_env, free_port, signer
 
 # The first test builds the images (debootstrap on a new machine): more than the default 300 s.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -147,6 +148,7 @@ def test_a_container_that_fails_its_checks_is_refused_and_removed(deployment: tu
     data.update(version=6)
     data["runtime"]["sklearn"] = "0.24.2"
     write_json(old / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
+    sign(old, signer())  # built and signed elsewhere, with another scikit-learn
     subprocess.run(["chmod", "-R", "a+rX", str(old)], check=True)
 
     release("up", "sample", "1", **env)

@@ -52,7 +52,10 @@ def by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, A
 
 def test_every_object_is_valid_for_the_kubernetes_api(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     _, documents = rendered
-    assert sorted(d["kind"] for d in documents) == ["Deployment"] * 2 + ["PodDisruptionBudget"] * 2 + ["Service"] * 2
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds == ["ConfigMap"] + ["Deployment"] * 2 + ["PodDisruptionBudget"] * 2 + ["Service"] * 2
+    keys = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
+    assert keys and all(pem.startswith("-----BEGIN PUBLIC KEY-----") for pem in keys.values())
     for document in documents:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)  # raises on any schema error
 

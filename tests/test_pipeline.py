@@ -14,7 +14,7 @@ from artifact.manifest import ArtifactError, read_manifest
 from artifact.registry import list_versions, write_version
 from artifact.trust import load_model, sha256_file, verify
 from pipeline.cli import main as pipeline_main
-from support import ROOT, clean_env
+from support import ROOT, clean_env, trust
 
 CONFIGS = ROOT / "pipeline" / "configs"
 
@@ -41,14 +41,14 @@ def test_train_prints_the_new_version_path_last_and_the_artifact_predicts(tmp_pa
     for step in ("loading", "fitting", "evaluating", "writing", "done: sample v1"):
         assert step in result.stderr
 
-    model, manifest = load_model(path)
+    model, manifest = load_model(path, trust())
     texts = [row.input["description"] for row in manifest.golden]
     assert list(model.predict(texts)) == [row.predicted for row in manifest.golden]
 
 
 def test_manifest_describes_the_artifact(registry: Path) -> None:
     path = registry / "sample" / "2"
-    manifest = verify(path)
+    manifest = verify(path, trust())
     raw = json.loads((path / "manifest.json").read_text())
     assert manifest.artifact.sha256 == sha256_file(path / "model.joblib")
     assert manifest.artifact.size == (path / "model.joblib").stat().st_size
@@ -71,14 +71,14 @@ def test_manifest_describes_the_artifact(registry: Path) -> None:
 
 
 def test_rule_model_is_the_first_release_behind_the_same_interface(registry: Path) -> None:
-    model, manifest = load_model(registry / "sample" / "1")
+    model, manifest = load_model(registry / "sample" / "1", trust())
     assert manifest.model["kind"] == "rules"
     assert list(model.predict(["We drill for crude oil", "Nothing to see here"])) == ["Energy", "Industrials"]
     assert model.predict_proba(["a bank offering mortgage loans"]).shape == (1, 11)
 
 
 def test_tabular_problem_uses_the_same_pipeline(registry: Path) -> None:
-    model, manifest = load_model(registry / "company-size" / "1")
+    model, manifest = load_model(registry / "company-size" / "1", trust())
     assert [f.type for f in manifest.input_schema.fields] == ["number"] * 4
     assert manifest.labels == ["large", "mid", "small"]
     assert manifest.metrics["holdout"]["accuracy"] > 0.8
@@ -110,7 +110,7 @@ def test_a_hard_crash_leftover_is_ignored_and_versions_keep_growing(tmp_path: Pa
     result = run_train(CONFIGS / "sample-rules.toml", tmp_path)
     assert result.returncode == 0, result.stderr
     assert list_versions(tmp_path, "sample") == [1]
-    verify(tmp_path / "sample" / "1")
+    verify(tmp_path / "sample" / "1", trust())
 
 
 def test_two_concurrent_trainings_get_distinct_versions(tmp_path: Path) -> None:
@@ -260,13 +260,13 @@ def test_search_records_the_cv_table_and_uses_the_best_params(tmp_path: Path) ->
 
 
 def test_verify_refuses_a_tampered_model(registry: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "v"
+    copy = tmp_path / "sample" / "2"
     shutil.copytree(registry / "sample" / "2", copy)
     data = bytearray((copy / "model.joblib").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model.joblib").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"sha256 .* does not match"):
-        load_model(copy)
+        load_model(copy, trust())
 
 
 @pytest.mark.realdata

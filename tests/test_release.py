@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+import testmodels
 from artifact.manifest import read_manifest
 from controller.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
-from support import ENERGY, Load, Release, cpus_of, port_open
+from support import ENERGY, TRUSTED_KEYS, Load, Release, artifact_with_model, cpus_of, port_open
 
 ROUTERS = [
     pytest.param(
@@ -225,7 +226,7 @@ def test_two_promotes_at_once_one_wins(deployment: Callable[[str], Release]) -> 
 def test_a_stray_instance_is_found_and_stopped(deployment: Callable[[str], Release], models: Path) -> None:
     release = deployment("builtin")
     release("up", "sample", "1")
-    settings = ControllerSettings(run_dir=release.run_dir)
+    settings = ControllerSettings(run_dir=release.run_dir, trusted_keys=TRUSTED_KEYS)
     ProcessBackend(settings).start(
         color="green",
         version=2,
@@ -237,3 +238,25 @@ def test_a_stray_instance_is_found_and_stopped(deployment: Callable[[str], Relea
     release("stage", "2")
     assert release.instances() == 2
     assert release.status()["phase"] == "Staged"
+
+
+def test_a_refused_artifact_names_its_reason_on_the_error_line(models: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    shutil.copytree(models / "sample", registry / "sample")
+    marker = tmp_path / "pwned"
+    hostile = artifact_with_model(registry / "sample" / "2", registry, "sample", testmodels.Hostile(str(marker)))
+    release = Release(registry, tmp_path / "run", "builtin")
+    try:
+        release("up", "sample", "2")
+        refused = release("stage", hostile.name, check=False)
+        assert refused.returncode == 1
+        first = (
+            refused.stderr.splitlines()[-1]
+            if "error: " not in refused.stderr
+            else next(line for line in refused.stderr.splitlines() if line.startswith("error: "))
+        )
+        assert first.startswith("error: ready failed: the instance exited with code 3: ")
+        assert "wants posix.system" in first and "refusing to unpickle" in first
+        assert not marker.exists() and release.serving() == "sample/2"
+    finally:
+        release("down", check=False)

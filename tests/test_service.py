@@ -11,14 +11,16 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 import testmodels
 from artifact.manifest import read_manifest
+from artifact.signing import sign
 from artifact.trust import load_model
-from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict
+from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict, signer, trust
 
 ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."
 
@@ -38,7 +40,7 @@ def tabular_service(registry: Path) -> Iterator[ServiceProcess]:
 
 
 def test_single_and_batch_predictions_match_the_model_in_process(text_service: ServiceProcess, registry: Path) -> None:
-    model, manifest = load_model(registry / "sample" / "2")
+    model, manifest = load_model(registry / "sample" / "2", trust())
     texts = [row.input["description"] for row in manifest.golden[:10]]
     expected = model.predict_proba(texts)
 
@@ -210,30 +212,39 @@ def test_metrics_count_what_was_sent(registry: Path) -> None:
 
 def test_tampered_truncated_or_mislabelled_artifacts_are_refused_at_start(registry: Path, tmp_path: Path) -> None:
     cases = {}
-    tampered = tmp_path / "tampered"
-    shutil.copytree(registry / "sample" / "2", tampered)
+
+    def copy(case: str) -> Path:
+        path = tmp_path / case / "sample" / "2"
+        shutil.copytree(registry / "sample" / "2", path)
+        return path
+
+    def rewrite_manifest(path: Path, change: Any) -> None:
+        manifest = json.loads((path / "manifest.json").read_text())
+        change(manifest)
+        (path / "manifest.json").write_text(json.dumps(manifest))
+
+    tampered = copy("tampered")
     data = bytearray((tampered / "model.joblib").read_bytes())
     data[100] ^= 0x01
     (tampered / "model.joblib").write_bytes(bytes(data))
     cases[tampered] = "does not match the manifest"
 
-    truncated = tmp_path / "truncated"
-    shutil.copytree(registry / "sample" / "2", truncated)
+    truncated = copy("truncated")
     (truncated / "model.joblib").write_bytes((truncated / "model.joblib").read_bytes()[:-10])
     cases[truncated] = "the manifest says"
 
-    wrong_hash = tmp_path / "wrong-hash"
-    shutil.copytree(registry / "sample" / "2", wrong_hash)
-    manifest = json.loads((wrong_hash / "manifest.json").read_text())
-    manifest["artifact"]["sha256"] = "0" * 64
-    (wrong_hash / "manifest.json").write_text(json.dumps(manifest))
+    edited = copy("edited")  # the manifest changed after it was signed
+    rewrite_manifest(edited, lambda m: m["labels"].reverse())
+    cases[edited] = "does not match its signature"
+
+    wrong_hash = copy("wrong-hash")  # signed as it is: the signer's manifest itself is wrong
+    rewrite_manifest(wrong_hash, lambda m: m["artifact"].update(sha256="0" * 64))
+    sign(wrong_hash, signer())
     cases[wrong_hash] = "does not match the manifest"
 
-    old_sklearn = tmp_path / "old-sklearn"
-    shutil.copytree(registry / "sample" / "2", old_sklearn)
-    manifest = json.loads((old_sklearn / "manifest.json").read_text())
-    manifest["runtime"]["sklearn"] = "0.24.2"
-    (old_sklearn / "manifest.json").write_text(json.dumps(manifest))
+    old_sklearn = copy("old-sklearn")
+    rewrite_manifest(old_sklearn, lambda m: m["runtime"].update(sklearn="0.24.2"))
+    sign(old_sklearn, signer())
     cases[old_sklearn] = "refusing to unpickle across minor versions"
 
     for path, message in cases.items():
@@ -247,7 +258,7 @@ def test_tampered_truncated_or_mislabelled_artifacts_are_refused_at_start(regist
 
 
 def test_readiness_stays_false_until_warm_up(registry: Path, tmp_path: Path) -> None:
-    inner, _ = load_model(registry / "sample" / "2")
+    inner, _ = load_model(registry / "sample" / "2", trust())
     slow = artifact_with_model(registry / "sample" / "2", tmp_path, "slow", testmodels.SlowFirstCall(inner, 3.0))
     with ServiceProcess(slow) as service:
         deadline = time.monotonic() + 10
@@ -266,7 +277,7 @@ def test_readiness_stays_false_until_warm_up(registry: Path, tmp_path: Path) -> 
 
 
 def test_sigterm_drains_an_in_flight_request(registry: Path, tmp_path: Path) -> None:
-    inner, _ = load_model(registry / "sample" / "2")
+    inner, _ = load_model(registry / "sample" / "2", trust())
     sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 1.5))
     with ServiceProcess(sleepy) as service:
         service.wait_ready()
@@ -281,7 +292,7 @@ def test_sigterm_drains_an_in_flight_request(registry: Path, tmp_path: Path) -> 
 
 
 def test_a_model_failure_is_a_500_for_that_request_only(registry: Path, tmp_path: Path) -> None:
-    inner, _ = load_model(registry / "sample" / "2")
+    inner, _ = load_model(registry / "sample" / "2", trust())
     fragile = artifact_with_model(registry / "sample" / "2", tmp_path, "fragile", testmodels.Exploding(inner))
     with ServiceProcess(fragile) as service:
         service.wait_ready()
@@ -296,7 +307,7 @@ def test_a_model_failure_is_a_500_for_that_request_only(registry: Path, tmp_path
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(registry: Path, tmp_path: Path) -> None:
-    inner, manifest = load_model(registry / "sample" / "2")
+    inner, manifest = load_model(registry / "sample" / "2", trust())
     sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.2))
     texts = [row.input["description"] for row in read_manifest(sleepy).golden]
     expected = {row.input["description"]: row.predicted for row in manifest.golden}
@@ -311,7 +322,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(registry: Pa
 
 
 def test_a_cancelled_client_does_not_break_its_batch(registry: Path, tmp_path: Path) -> None:
-    inner, _ = load_model(registry / "sample" / "2")
+    inner, _ = load_model(registry / "sample" / "2", trust())
     sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.5))
     with ServiceProcess(sleepy) as service:
         service.wait_ready()
@@ -409,7 +420,7 @@ def test_schemathesis_finds_no_server_error(text_service: ServiceProcess) -> Non
 
 
 def test_overload_is_shed_with_503_and_retry_after(registry: Path, tmp_path: Path) -> None:
-    inner, _ = load_model(registry / "sample" / "2")
+    inner, _ = load_model(registry / "sample" / "2", trust())
     sleepy = artifact_with_model(registry / "sample" / "2", tmp_path, "sleepy", testmodels.Sleepy(inner, 0.5))
     with ServiceProcess(sleepy, "--max-queue-rows", "2", "--max-batch-size", "2") as service:
         service.wait_ready()

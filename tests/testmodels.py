@@ -56,3 +56,15 @@ class Exploding(Wrapped):
         if any("boom" in str(row) for row in rows):
             raise RuntimeError("kaboom")
         return super().predict_proba(rows)
+
+
+class Hostile:
+    """What an attacker would pickle: unpickling it runs a command (``touch marker``)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)

@@ -20,6 +20,7 @@ from controller.facts import Instance
 from controller.settings import ControllerSettings
 
 SERVICE_PORT = "8001/tcp"
+KEYS_IN_CONTAINER = "/keys"
 
 
 class DockerBackend:
@@ -48,9 +49,13 @@ class DockerBackend:
                     "SWITCHYARD_UDS": socket,
                     "SWITCHYARD_WORKERS": str(settings.instance_workers),
                     "SWITCHYARD_CPU_AFFINITY": settings.cpu_affinity(color),
+                    "SWITCHYARD_TRUSTED_KEYS": KEYS_IN_CONTAINER,
+                    "SWITCHYARD_ALLOW_UNSIGNED": str(settings.allow_unsigned).lower(),
+                    "SWITCHYARD_TRUSTED_MODULES": settings.trusted_modules,
                 },
                 volumes={
                     str(models_root): {"bind": "/models", "mode": "ro"},
+                    str(settings.trusted_keys.resolve()): {"bind": KEYS_IN_CONTAINER, "mode": "ro"},
                     str(settings.docker_sockets): {"bind": dc.SOCKETS_IN_CONTAINER, "mode": "rw"},
                 },
                 ports={SERVICE_PORT: ("127.0.0.1", None)},

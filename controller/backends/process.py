@@ -45,6 +45,7 @@ class ProcessBackend:
             str(self.settings.instance_workers),
             "--cpu-affinity",
             self.settings.cpu_affinity(color),
+            *self.settings.instance_trust_args(),
         ]
         handle = host.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=host.PROJECT_ROOT)
         return Instance(
