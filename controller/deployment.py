@@ -19,7 +19,7 @@ from artifact.registry import resolve
 from controller import adopt, lock, notify, repair, view
 from controller.backends import make_backend
 from controller.backends.base import Backend
-from controller.errors import CheckFailed, UsageError
+from controller.errors import CheckFailed, StateError, UsageError
 from controller.facts import Facts
 from controller.notify import Notifier
 from controller.phase import Observed
@@ -106,8 +106,14 @@ class Deployment:
         return self.execute(Command("down"))
 
     def execute(self, command: Command) -> str:
-        with lock.exclusive(self.settings.run_dir, command.name, self.settings.lock_timeout):
-            stored = self.store.load()
+        run_dir = self.settings.run_dir
+        with lock.exclusive(run_dir, command.name, self.settings.lock_timeout, self.settings.socket_dir / "lock"):
+            try:
+                stored = self.store.load()
+            except StateError:
+                if command.name != "down":
+                    raise
+                stored = Facts()  # down stops what runs, found by its tags and pid files, state or not
             if command.name == "up" and stored.active is None and stored.op is None:
                 # Before repair, which would stop what no fact accounts for: compose's router and blue.
                 assert command.model is not None and command.version is not None
@@ -189,8 +195,13 @@ class Deployment:
     # ------------------------------------------------------------------ reading
 
     def status(self) -> dict[str, Any]:
-        facts = self.store.load()
-        return view.status(facts, self.observe(facts), self.seams(facts), self.settings.run_dir)
+        """What the facts say, checked against what runs; without a usable state, what runs."""
+        try:
+            facts, problem = self.store.load(), None
+        except StateError as exc:
+            facts, problem = Facts(), str(exc)
+        status = view.status(facts, self.observe(facts), self.seams(facts), self.settings.run_dir)
+        return status | {"state_problem": problem}
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.store.history(limit)

@@ -7,6 +7,7 @@ CLI catches them in one place (:func:`controller.release.main`).
     ├── Busy                       exit 1  another release.py command holds the lock
     ├── UsageError                 exit 2  bad arguments or settings
     └── NeedsOperator              exit 3  the state cannot be repaired automatically
+        └── StateError             exit 3  the state file cannot be read or written (read-only, full, ...)
 """
 
 from __future__ import annotations
@@ -37,3 +38,7 @@ class UsageError(SwitchyardError):
 
 class NeedsOperator(SwitchyardError):
     exit_code = 3
+
+
+class StateError(NeedsOperator):
+    pass

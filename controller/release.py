@@ -285,6 +285,8 @@ def _short(handle: str) -> str:
 
 
 def print_status(status: dict[str, Any]) -> None:
+    if status.get("state_problem"):
+        print(f"state:  {status['state_problem']}")
     print(f"phase:  {status['phase']}: {status['reason']}")
     router = status["router"]
     if router:
@@ -346,7 +348,6 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
         else:
             print_history(rows)
         return 0
-    name = deployment.store.load().name
     if command == "up":
         message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))
         if args.console:
@@ -355,8 +356,10 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
             print(message)
             return console(settings, "127.0.0.1", args.console, detach=True)
     elif command == "stage":
+        name = deployment.store.load().name
         message = deployment.stage(_version(settings.models_dir, name, args.version), force=args.force)
     elif command == "promote":
+        name = deployment.store.load().name
         version = _version(settings.models_dir, name, args.version) if args.version else None
         message = deployment.promote(version, force=args.force)
     elif command == "rollback":
@@ -382,6 +385,10 @@ def main(argv: list[str] | None = None, hooks: Hooks | None = None) -> int:
         if details:  # e.g. an instance's last log lines, below the one-line reason
             print("\n".join("  " + line for line in details.splitlines()), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the run dir, the disk, the sockets folder: no traceback, one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the run dir's permissions and free space", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("error: interrupted; run `release.py status` to see what is left", file=sys.stderr)
         return 130

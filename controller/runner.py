@@ -152,9 +152,14 @@ class Runner:
         assert step.version is not None
         path = self._path(facts, step.version)
         try:
-            return verify(path, self.settings.trust())
+            manifest = verify(path, self.settings.trust())
         except ArtifactError as exc:
             raise CheckFailed("verify", str(exc)) from None
+        if not manifest.golden:
+            # Without them neither the warm-up nor the smoke test can run: a model that fails on every
+            # request would reach live traffic unchecked.
+            raise CheckFailed("verify", f"{path} has no golden rows: nothing to smoke-test it with; retrain it")
+        return manifest
 
     def _gate(self, facts: Facts, step: Step) -> None:
         assert step.version is not None

@@ -42,6 +42,10 @@ class ModelRuntime:
                 self.verified, allow_version_mismatch=settings.allow_version_mismatch, modules=settings.modules()
             )
             predictor = Predictor(model, self.manifest, Limits(settings.max_instances, settings.max_text_length))
+            if predictor.classes != self.manifest.labels:
+                raise ValueError(
+                    f"the manifest's labels {self.manifest.labels} are not the model's own classes {predictor.classes}"
+                )
             golden = [predictor.parse(row.input)[0] for row in self.manifest.golden]
             if golden:
                 predictor.predict(golden, None)  # warm-up: first-call costs are paid before readiness

@@ -148,3 +148,11 @@ def test_training_creates_a_key_pair_on_first_use(tmp_path: Path) -> None:
     assert "created a signing key pair" in result.stderr
     assert (keys / "signing.key").stat().st_mode & 0o777 == 0o600
     assert read_verified(Path(result.stdout.strip()), Trust.from_folder(keys / "trusted")).manifest.version == 1
+
+
+def test_labels_that_are_not_the_models_classes_are_refused(registry: Path, tmp_path: Path) -> None:
+    inner, _ = load_model(registry / "sample" / "2", trust())
+    mislabelled = artifact_with_model(registry / "sample" / "2", tmp_path, "sample", inner, labels=["Spam", "Eggs"])
+    served = serve(mislabelled)
+    assert served.returncode == 3
+    assert "the manifest's labels ['Spam', 'Eggs'] are not the model's own classes" in served.stderr

@@ -7,11 +7,13 @@ SQLite and time are fakes.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from artifact.trust import load_model
 from controller.deployment import Deployment
 from controller.errors import CheckFailed, NeedsOperator, Refused, UsageError
 from controller.facts import Facts
@@ -20,7 +22,7 @@ from controller.phase import ALLOWED, COMMANDS, Observed, Phase
 from controller.planner import Command, Plan, Refusal, plan
 from controller.settings import ControllerSettings
 from fakes import Crash, CrashAt, FakeBackend, FakeClock, FakeProbes, FakeRouter, MemoryStore, NoCrash
-from support import TRUSTED_KEYS
+from support import TRUSTED_KEYS, artifact_with_model, trust
 
 
 @dataclass
@@ -389,3 +391,15 @@ def test_a_dead_live_slot_is_never_reported_as_success(world: World) -> None:
         world.controller().promote(2)
     world.controller().rollback()
     assert world.serving() == 1
+
+
+def test_an_artifact_without_golden_rows_is_refused_at_verify(world: World, tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    shutil.copytree(world.models / "sample", registry / "sample")
+    inner, _ = load_model(registry / "sample" / "2", trust())
+    bare = artifact_with_model(registry / "sample" / "2", registry, "sample", inner, golden=[])
+    world.models = registry
+    world.controller().up("sample", 1)
+    with pytest.raises(CheckFailed, match="has no golden rows: nothing to smoke-test it with"):
+        world.controller().stage(int(bare.name))
+    assert world.backend.calls == [("start", "blue", "1")], "it started the candidate"
