@@ -83,3 +83,18 @@ def remove(engine: Any, handle: str, *, grace: int = 15) -> None:
         return
     except APIError as exc:
         raise NeedsOperator(f"cannot remove container {container.name}: {exc.explanation or exc}") from None
+
+
+def remove_network_if_unused(engine: Any, settings: ControllerSettings) -> None:
+    """The network this backend created (it carries our label), once no container uses it: `down`
+    leaves nothing behind. A network someone else made (compose's) is theirs to remove."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        network = engine.networks.get(settings.docker_network)
+        network.reload()
+        ours = (network.attrs.get("Labels") or {}).get("switchyard.project") == settings.docker_project
+        if ours and not network.attrs.get("Containers"):
+            network.remove()
+    except (NotFound, APIError):
+        return  # gone already, or in use after all

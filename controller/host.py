@@ -107,6 +107,33 @@ def _reap(handle: str) -> None:
             child.wait(timeout=5)
 
 
+def group(pgid: int, name: str) -> list[int]:
+    """Processes of process group ``pgid`` whose command line starts with ``name``: the workers a
+    killed master left behind keep its group."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z" and command.startswith(name.encode()):
+            found.append(int(entry))
+    return found
+
+
+def kill_group(pgid: int, name: str, wait: float = 5.0) -> None:
+    """Kill them, and return once they are gone (a killed process frees its port only when it dies)."""
+    for pid in group(pgid, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while group(pgid, name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def tail(path: Path, lines: int = 12) -> str:
     """The last lines of a log, without per-request access lines (they drown out why a process died)."""
     try:

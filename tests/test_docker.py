@@ -175,3 +175,6 @@ def test_a_container_that_fails_its_checks_is_refused_and_removed(deployment: tu
         )
     }
     assert remaining == {"1"}
+
+    release("down", **env)  # and nothing is left behind: not even the network the backend created
+    assert not _engine().networks.list(names=[env["SWITCHYARD_DOCKER_NETWORK"]])

@@ -4,13 +4,19 @@ never a traceback; a refusal stops nothing; `status` reports what it can see; `d
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from controller import host
+from controller.settings import ControllerSettings
 from support import Release, port_open
 
 
@@ -100,3 +106,44 @@ def test_a_full_disk(release: Release, tmp_path: Path) -> None:
         finally:
             small("down", check=False)
         assert small.instances() == 0
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="NGINX ABSENT: the orphaned-worker test did not run")
+def test_a_killed_nginx_master_leaves_no_orphan_and_up_restores_the_router(models: Path, tmp_path: Path) -> None:
+    nginx = Release(models, tmp_path / "run", "nginx")
+    try:
+        nginx("up", "sample", "1")
+        master = int(nginx.status()["router"]["handle"].split(":")[0])
+        os.kill(master, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{master}").exists() or "Z" in Path(f"/proc/{master}/stat").read_text())
+        orphans = host.group(master, "nginx")
+        assert orphans and port_open(nginx.port), "expected nginx's worker to outlive its master and keep the port"
+        assert "router is not running" in nginx.status()["reason"]
+
+        restored = nginx("up", "sample", "1")
+        assert "restarted the router" in restored.stdout
+        assert host.group(master, "nginx") == [], "the orphaned worker still runs"
+        status = nginx.status()
+        assert status["phase"] == "Healthy" and int(status["router"]["handle"].split(":")[0]) != master
+        assert nginx.serving() == "sample/1"
+        new_master = int(status["router"]["handle"].split(":")[0])
+    finally:
+        nginx("down", check=False)
+    assert host.group(new_master, "nginx") == [] and not port_open(nginx.port)
+
+
+def test_down_leaves_no_socket_behind_even_for_a_killed_instance(release: Release) -> None:
+    release("up", "sample", "1")
+    release("stage", "2")
+    staged = next(s for s in release.status()["slots"] if s["role"] == "staged")
+    os.kill(int(staged["handle"].split(":")[0]), signal.SIGKILL)
+    release("down")
+    sockets = ControllerSettings(run_dir=release.run_dir).socket_dir
+    assert not list(sockets.glob("*.sock")), f"left behind: {list(sockets.glob('*.sock'))}"
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.05)

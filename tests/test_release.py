@@ -204,6 +204,10 @@ def test_kill_9_during_promote_is_reported_and_repaired(deployment: Callable[[st
     again = release("promote", "2")
     assert "repair:" in again.stderr
     assert release.serving() == "sample/2"
+    # the repair retired the old slot's pooled router connections, as a flip does: none reaches v1
+    with Load(release.url, threads=8) as load:
+        time.sleep(1.0)
+    assert len(load.results) > 50 and {r[2] for r in load.results} == {"sample/2"}
     status = release.status()
     assert status["phase"] == "Healthy", status
     assert release.instances() == 2  # live v2 and the rollback target v1: nothing leaked

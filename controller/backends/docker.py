@@ -103,6 +103,10 @@ class DockerBackend:
 
     def stop(self, handle: str) -> None:
         dc.remove(self.engine, handle)
+        if not dc.labelled(self.engine, self.settings, "instance") and not dc.labelled(
+            self.engine, self.settings, "router"
+        ):
+            dc.remove_network_if_unused(self.engine, self.settings)
 
     def close_router_connections(self, handle: str) -> None:
         from docker.errors import APIError

@@ -61,6 +61,10 @@ class ProcessBackend:
 
     def stop(self, handle: str) -> None:
         host.terminate(self._proc(handle), grace=15.0)
+        # A service that exits cleanly removes its socket; one killed, or stopped while starting, cannot.
+        nonce = handle.rsplit(":", 1)[1]
+        for stale in self.settings.socket_dir.glob(f"*-{nonce}.sock"):
+            stale.unlink(missing_ok=True)
 
     def alive(self, handle: str) -> bool:
         return host.alive(self._proc(handle))

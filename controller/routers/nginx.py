@@ -185,7 +185,22 @@ class NginxRouter(SymlinkRouting):
             conf.unlink(missing_ok=True)
             raise NeedsOperator(f"nginx -t rejected the generated config: {result.stderr.strip()}")
 
+    def _orphans(self) -> None:
+        """Workers of a master that was killed keep the port (and answer the health check): stop them."""
+        try:
+            master = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        if not host.alive(host.handle_of(master)):
+            host.kill_group(master, "nginx")
+
     def start(self, upstream: str) -> Router:
+        self._orphans()
+        if not host.port_free(self.settings.router_host, self.settings.router_port):
+            raise NeedsOperator(
+                f"port {self.settings.router_port} on {self.settings.router_host} is taken by another program: "
+                "the router cannot start there"
+            )
         self.settings.socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.flip.swap(upstream)
         self._write_config()
@@ -195,6 +210,8 @@ class NginxRouter(SymlinkRouting):
         wait_listening(
             router.url, lambda: host.alive(handle), 10.0, host.tail(log) + host.tail(self.prefix / "error.log")
         )
+        if not host.alive(handle):  # whatever answered, it was not the nginx just started
+            raise NeedsOperator(f"nginx exited while starting; its log says:\n{host.tail(self.prefix / 'error.log')}")
         return router
 
     def refresh(self, router: Router) -> None:
@@ -210,11 +227,12 @@ class NginxRouter(SymlinkRouting):
 
     def stop(self, router: Router) -> None:
         # SIGQUIT is nginx's graceful shutdown: in-flight requests finish.
-        host.terminate(router.handle, grace=10.0, sig=signal.SIGQUIT)
+        self.remove_stray(router.handle)
         self.flip.clear()
 
     def remove_stray(self, handle: str) -> None:
         host.terminate(handle, grace=10.0, sig=signal.SIGQUIT)
+        host.kill_group(host.pid_of(handle), "nginx")  # workers of a master killed before
 
     def adopt(self, handle: str) -> Router | None:
         return None  # a local nginx is only ever started by this controller
