@@ -6,12 +6,14 @@ connections. Each failing check raises :class:`CheckFailed` naming its step.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from artifact.manifest import Manifest
 from controller.backends.base import Backend
 from controller.errors import CheckFailed
 from controller.facts import Instance
+from controller.probes import Smoke
 from controller.seams import Clock, Probes
 
 
@@ -114,7 +116,32 @@ def check_instance(
         raise CheckFailed("ready", problem)
     decision = gate(manifest, live, tolerance)
     lines = [f"ready: {manifest.name} v{manifest.version} ({manifest.artifact.sha256[:12]}…)"]
-    lines.append(f"smoke: {probes.smoke(instance, manifest)}")
+    smoke = probes.smoke(instance, manifest)
+    lines.append(f"smoke: {smoke}")
+    problem = claimed_holds(manifest, smoke)
+    if problem is not None:
+        raise CheckFailed("score", problem)
     if not decision.passed:
         raise CheckFailed("gate", decision.reason)
     return [*lines, f"gate: {decision.reason}"]
+
+
+def claimed_holds(manifest: Manifest, smoke: Smoke) -> str | None:
+    """The golden rows are a random sample of the held-out rows: their accuracy through the instance's
+    own API must agree with the accuracy the manifest claims, within sampling error. None if it does."""
+    claimed = manifest.metrics.get("holdout", {}).get("accuracy")
+    if claimed is None or smoke.rows == 0:
+        return None
+    measured = smoke.correct / smoke.rows
+    allowed = max(0.05, 3 * math.sqrt(claimed * (1 - claimed) / smoke.rows))
+    if measured >= claimed - allowed:
+        return None
+    return (
+        f"accuracy {measured:.3f} on {smoke.rows} labelled rows through its own API, but the manifest claims "
+        f"{claimed:.3f} held-out (more than {allowed:.3f} apart): its metrics are not this model's"
+    )
+
+
+def slower(candidate: float, live: float, factor: float) -> bool:
+    """Much slower than live, beyond measuring noise (2 ms) on a busy machine."""
+    return candidate > max(live * factor, live + 0.002)

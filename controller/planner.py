@@ -12,8 +12,10 @@ Steps, in the order a plan may hold them:
     verify   check the artifact's hash against its manifest (before anything starts)
     start    start the candidate in a slot                         journaled: a crash stops it
     ready    wait until it is ready and serves the right identity  journaled
-    smoke    the golden rows through its HTTP API                  journaled
+    smoke    the golden rows through its HTTP API (and its claimed  journaled
+             accuracy re-scored on them)
     gate     its metric against the live model's                   journaled
+    speed    its latency against live's on the same rows (stage)   journaled
     router   start the router in front of it (``up`` only)         journaled
     flip     point the router at the target slot                  journaled: a crash rolls forward
     retire   the old slot closes the router's pooled connections   (or back, by where the router points)
@@ -29,7 +31,7 @@ from controller.errors import NeedsOperator, Refused, SwitchyardError, UsageErro
 from controller.facts import Event, Facts, Instance, Op, Router, other
 from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
 
-JOURNALED = frozenset({"start", "ready", "smoke", "gate", "router", "flip"})
+JOURNALED = frozenset({"start", "ready", "smoke", "gate", "speed", "router", "flip"})
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,13 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
     existing = facts.slot(idle)
     if existing is not None and existing.version == version and observed.ready.get(idle):
         # The idle slot already runs this version, ready and with the right identity: check, don't restart.
-        steps = [Step(name, "stage", idle, version, forced=force) for name in ("smoke", "gate")]
+        steps = [Step(name, "stage", idle, version, forced=force) for name in ("smoke", "gate", "speed")]
         return [*steps, Step("commit", "stage", idle, version, forced=force)]
-    steps = [*_checked_start("stage", idle, version, force), Step("commit", "stage", idle, version, forced=force)]
+    steps = [
+        *_checked_start("stage", idle, version, force),
+        Step("speed", "stage", idle, version, forced=force),
+        Step("commit", "stage", idle, version, forced=force),
+    ]
     if existing is not None:
         steps.append(Step("stop", "stage", idle, existing.version, handle=existing.handle))
     return steps

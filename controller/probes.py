@@ -3,6 +3,9 @@ connections an instance still holds after a flip. All on loopback, with short ti
 
 from __future__ import annotations
 
+import statistics
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,6 +24,18 @@ def identity_problem(body: dict[str, Any], manifest: Manifest) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Smoke:
+    """The golden rows through an instance: a one-line summary, and how many it got right."""
+
+    summary: str
+    rows: int = 0
+    correct: int = 0
+
+    def __str__(self) -> str:
+        return self.summary
+
+
 class HttpProbes:
     def __init__(self, timeout: float = 1.0) -> None:
         self.timeout = timeout
@@ -34,10 +49,10 @@ class HttpProbes:
             return f"/readyz answered {response.status_code}"
         return identity_problem(response.json(), manifest)
 
-    def smoke(self, instance: Instance, manifest: Manifest) -> str:
+    def smoke(self, instance: Instance, manifest: Manifest) -> Smoke:
         golden = manifest.golden
         if not golden:
-            return "no golden rows in the manifest: smoke test skipped"
+            return Smoke("no golden rows in the manifest: smoke test skipped")
         try:
             response = loopback.client().post(
                 instance.url + "/predict", json={"instances": [g.input for g in golden]}, timeout=30
@@ -62,8 +77,23 @@ class HttpProbes:
                 f"{len(differ)} of {len(golden)} golden rows differ from training time "
                 f"(row {i}: {labels[i]!r}, expected {golden[i].predicted!r})",
             )
-        accuracy = sum(label == row.label for label, row in zip(labels, golden, strict=True)) / len(golden)
-        return f"{len(golden)} golden rows answered as at training time (accuracy {accuracy:.3f})"
+        correct = sum(label == row.label for label, row in zip(labels, golden, strict=True))
+        summary = f"{len(golden)} golden rows answered as at training time (accuracy {correct / len(golden):.3f})"
+        return Smoke(summary, len(golden), correct)
+
+    def latency(self, instance: Instance, manifest: Manifest, requests: int = 20) -> float:
+        """The median seconds of one-row requests, over golden rows, one at a time (after one unmeasured)."""
+        rows = [g.input for g in manifest.golden][:requests] or [{}]
+        client, took = loopback.client(), []
+        for i in range(len(rows) + 1):
+            started = time.perf_counter()
+            try:
+                client.post(instance.url + "/predict", json=rows[max(0, i - 1)], timeout=30)
+            except httpx.TransportError as exc:
+                raise CheckFailed("speed", f"/predict did not answer: {exc}") from exc
+            if i:
+                took.append(time.perf_counter() - started)
+        return statistics.median(took)
 
     def router_connections(self, instance: Instance) -> int | None:
         try:

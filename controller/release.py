@@ -44,6 +44,7 @@ SETTING_OPTIONS = {
     "router_host": ("--host", "the router's address (default: 127.0.0.1) [env SWITCHYARD_ROUTER_HOST]"),
     "ready_timeout": ("--ready-timeout", "seconds a new instance has to become ready (default: 60)"),
     "gate_tolerance": ("--tolerance", "how much worse the candidate's metric may be (default: 0)"),
+    "max_slowdown": ("--max-slowdown", "how many times slower than live a candidate may answer (default: 3)"),
     "instance_workers": ("--workers", "uvicorn workers per instance (default: 1)"),
     "instance_cpu_affinity": (
         "--cpu-affinity",

@@ -101,9 +101,15 @@ class Runner:
                 made.candidate = facts.slots[step.color]
                 self.manifest = self._manifest(facts, step.version)
             assert self.manifest is not None
-            say(f"{step.action}: smoke: {seams.probes.smoke(made.candidate, self.manifest)}")
+            smoke = seams.probes.smoke(made.candidate, self.manifest)
+            say(f"{step.action}: smoke: {smoke}")
+            problem = checks.claimed_holds(self.manifest, smoke)
+            if problem is not None:
+                raise CheckFailed("score", problem)
         elif step.name == "gate":
             self._gate(facts, step)
+        elif step.name == "speed":
+            self._speed(facts, step, made)
         elif step.name == "router":
             assert made.candidate is not None
             made.router = seams.router.start(made.candidate.socket)
@@ -172,6 +178,18 @@ class Runner:
         if not decision.passed and not step.forced:
             raise CheckFailed("gate", decision.reason + " (use --force to override)")
         self.seams.say(f"{step.action}: gate: {'FORCED past: ' if not decision.passed else ''}{decision.reason}")
+
+    def _speed(self, facts: Facts, step: Step, made: Made) -> None:
+        """Much slower than live on the same rows is refused (--max-slowdown): users would feel it."""
+        live = facts.slot(facts.active)
+        assert made.candidate is not None and self.manifest is not None and live is not None
+        probes, factor = self.seams.probes, self.settings.max_slowdown
+        candidate = probes.latency(made.candidate, self.manifest)
+        current = probes.latency(live, self._manifest(facts, live.version))
+        verdict = f"{candidate * 1000:.1f} ms per one-row request vs live v{live.version} {current * 1000:.1f} ms"
+        if checks.slower(candidate, current, factor) and not step.forced:
+            raise CheckFailed("speed", f"{verdict}: more than {factor:g}x slower (--max-slowdown; --force overrides)")
+        self.seams.say(f"{step.action}: speed: {verdict}")
 
     def _flip(self, facts: Facts, step: Step) -> None:
         assert facts.router is not None and facts.active is not None and step.color is not None

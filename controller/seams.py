@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from artifact.manifest import Manifest
 from controller.backends.base import Backend
 from controller.facts import Event, Facts, Instance
+from controller.probes import Smoke
 from controller.routers.base import RouterDriver
 
 
@@ -38,8 +39,12 @@ class Probes(Protocol):
         that contains "expected" is a wrong identity, which waiting does not cure."""
         ...
 
-    def smoke(self, instance: Instance, manifest: Manifest) -> str:
-        """The manifest's golden rows through the instance's API: a one-line summary, or CheckFailed."""
+    def smoke(self, instance: Instance, manifest: Manifest) -> Smoke:
+        """The manifest's golden rows through the instance's API: a summary and the score, or CheckFailed."""
+        ...
+
+    def latency(self, instance: Instance, manifest: Manifest) -> float:
+        """Median seconds of a one-row request, over the golden rows."""
         ...
 
     def router_connections(self, instance: Instance) -> int | None:

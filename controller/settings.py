@@ -27,6 +27,7 @@ class ControllerSettings(BaseSettings):
     ready_timeout: float = Field(60.0, gt=0, description="seconds a new instance has to become ready")
     lock_timeout: float = Field(5.0, ge=0, description="seconds to wait for another command to finish")
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
+    max_slowdown: float = Field(3.0, ge=1, description="how many times slower than live a candidate may answer")
     instance_workers: int = Field(1, ge=1, le=16, description="uvicorn workers per instance")
     instance_cpu_affinity: str = Field(
         "auto", description="the instances' --cpu-affinity; auto: blue counts CPUs from the first, green from the last"

@@ -13,6 +13,7 @@ from artifact.manifest import Manifest
 from controller.backends.base import Found
 from controller.errors import CheckFailed
 from controller.facts import Event, Facts, Instance, Router
+from controller.probes import Smoke
 
 
 class FakeBackend:
@@ -113,6 +114,8 @@ class FakeProbes:
     backend: FakeBackend
     never_ready: set[int] = field(default_factory=set)  # versions whose instances never become ready
     failing_smoke: set[int] = field(default_factory=set)
+    wrong: dict[int, int] = field(default_factory=dict)  # version -> golden rows it gets wrong
+    seconds: dict[int, float] = field(default_factory=dict)  # version -> latency of a one-row request
     asked: list[tuple[str, int]] = field(default_factory=list)
 
     def readiness(self, instance: Instance, manifest: Manifest) -> str | None:
@@ -122,11 +125,16 @@ class FakeProbes:
             return f"it serves v{instance.version}, expected v{manifest.version}"
         return "/readyz answered 503" if instance.version in self.never_ready else None
 
-    def smoke(self, instance: Instance, manifest: Manifest) -> str:
+    def smoke(self, instance: Instance, manifest: Manifest) -> Smoke:
         self.asked.append(("smoke", instance.version))
         if instance.version in self.failing_smoke:
             raise CheckFailed("smoke", "1 of 6 golden rows differ from training time")
-        return "6 golden rows answered as at training time"
+        rows = len(manifest.golden)
+        right = round(rows * manifest.metrics["holdout"]["accuracy"]) - self.wrong.get(instance.version, 0)
+        return Smoke(f"{rows} golden rows answered as at training time", rows, max(0, right))
+
+    def latency(self, instance: Instance, manifest: Manifest) -> float:
+        return self.seconds.get(instance.version, 0.001)
 
     def router_connections(self, instance: Instance) -> int | None:
         return 0 if self.backend.alive(instance.handle) else None

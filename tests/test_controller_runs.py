@@ -139,12 +139,13 @@ def test_plans_name_their_steps_in_order(world: World) -> None:
         ("ready", "stage"),
         ("smoke", "stage"),
         ("gate", "stage"),
+        ("speed", "stage"),
         ("commit", "stage"),
         ("flip", "promote"),
         ("retire", "promote"),
         ("commit", "promote"),
     ]
-    assert all(s.forced for s in one_button.steps if s.name in ("gate", "flip", "commit"))
+    assert all(s.forced for s in one_button.steps if s.name in ("gate", "speed", "flip", "commit"))
 
     already = plan(Command("promote", 1), facts, controller.observe(facts))
     assert isinstance(already, Plan) and already.steps == () and "already live" in already.message
@@ -162,7 +163,7 @@ def test_stage_reuses_a_ready_idle_instance_of_the_same_version(world: World) ->
     world.controller().rollback()  # v1 live in blue, v2 still runs in green as the previous slot
     facts = world.facts
     decision = plan(Command("stage", 2), facts, world.controller().observe(facts))
-    assert isinstance(decision, Plan) and [s.name for s in decision.steps] == ["smoke", "gate", "commit"]
+    assert isinstance(decision, Plan) and [s.name for s in decision.steps] == ["smoke", "gate", "speed", "commit"]
     starts = len([c for c in world.backend.calls if c[0] == "start"])
     world.controller().stage(2)
     assert "stage: reusing the running green instance of v2" in world.said
@@ -211,7 +212,7 @@ def test_a_promote_starts_checks_flips_and_retires_in_that_order(world: World) -
     message = world.controller(hooks).promote(2)
 
     green = world.facts.slots["green"]
-    assert hooks.seen == ["verify", "start", "ready", "smoke", "gate", "commit", "flip", "retire", "commit"]
+    assert hooks.seen == ["verify", "start", "ready", "smoke", "gate", "speed", "commit", "flip", "retire", "commit"]
     assert world.backend.calls == [("start", "green", "2"), ("retire", blue.handle)]
     assert world.router.calls == [("point_to", green.socket)]
     assert world.facts == Facts(
@@ -284,8 +285,8 @@ def test_down_stops_everything_and_up_restarts_a_dead_router(world: World) -> No
 
 KILL_MATRIX = {
     "up": ["verify", "start", "ready", "smoke", "gate", "router", "commit"],
-    "stage": ["verify", "start", "ready", "smoke", "gate", "commit", "stop"],
-    "promote VERSION": ["verify", "start", "ready", "smoke", "gate", "commit", "flip", "retire", "commit#2"],
+    "stage": ["verify", "start", "ready", "smoke", "gate", "speed", "commit", "stop"],
+    "promote VERSION": ["verify", "start", "ready", "smoke", "gate", "speed", "commit", "flip", "retire", "commit#2"],
     "promote": ["gate", "flip", "retire", "commit"],
     "rollback": ["flip", "retire", "commit"],
 }
@@ -403,3 +404,29 @@ def test_an_artifact_without_golden_rows_is_refused_at_verify(world: World, tmp_
     with pytest.raises(CheckFailed, match="has no golden rows: nothing to smoke-test it with"):
         world.controller().stage(int(bare.name))
     assert world.backend.calls == [("start", "blue", "1")], "it started the candidate"
+
+
+def test_a_claimed_metric_that_its_model_does_not_reach_is_refused(world: World) -> None:
+    world.controller().up("sample", 1)
+    world.probes.wrong[2] = 20  # v2's manifest claims more than its model gets right on the golden rows
+    with pytest.raises(CheckFailed, match=r"score failed: accuracy .* on 40 labelled rows .* its metrics are not"):
+        world.controller().stage(2)
+    assert world.leaked() == set() and world.serving() == 1
+    world.probes.wrong[2] = 1  # one row more or less is sampling noise, not a lie
+    world.controller().stage(2)
+    assert world.facts.staged == "green"
+
+
+def test_a_candidate_much_slower_than_live_is_refused_unless_forced(world: World) -> None:
+    world.controller().up("sample", 1)
+    world.probes.seconds[2] = 0.0119  # the issue's figures: 11.9 ms against live's 2.0
+    world.probes.seconds[1] = 0.0020
+    with pytest.raises(CheckFailed, match=r"speed failed: 11.9 ms per one-row request vs live v1 2.0 ms"):
+        world.controller().stage(2)
+    assert world.leaked() == set()
+    world.probes.seconds[2] = 0.0045  # slower, within the default factor of 3
+    world.controller().stage(2)
+    assert any("speed: 4.5 ms" in line for line in world.said)
+    world.probes.seconds[4] = 0.05
+    world.controller().stage(4, force=True)
+    assert world.facts.slots["green"].version == 4 and world.store.events[-1].forced
