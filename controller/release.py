@@ -335,19 +335,12 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
 
         return console(settings, args.console_host, args.console_port, detach=args.detach)
     deployment = Deployment(settings, hooks=hooks)
-    if command == "status":
-        status = deployment.status()
+    if command in ("status", "history"):
+        data: Any = deployment.status() if command == "status" else deployment.history(args.limit)
         if args.json:
-            print(json.dumps(status, indent=2))
+            print(json.dumps(data, indent=2))
         else:
-            print_status(status)
-        return 0
-    if command == "history":
-        rows = deployment.history(args.limit)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            print_history(rows)
+            (print_status if command == "status" else print_history)(data)
         return 0
     if command == "up":
         message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))
