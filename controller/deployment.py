@@ -117,9 +117,14 @@ class Deployment:
             if command.name == "up" and stored.active is None and stored.op is None:
                 # Before repair, which would stop what no fact accounts for: compose's router and blue.
                 assert command.model is not None and command.version is not None
-                manifest = self.manifest(command.model, command.version)
+                model = command.model
+                self.manifest(model, command.version)  # a clear usage error for a version that does not exist
                 adopted = adopt.adopt(
-                    command.model, command.version, manifest, self.seams(Facts()), self.settings.ready_timeout
+                    model,
+                    command.version,
+                    lambda version: self.manifest(model, version),
+                    self.seams(Facts()),
+                    self.settings.ready_timeout,
                 )
                 if adopted:
                     return adopted

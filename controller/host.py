@@ -107,6 +107,15 @@ def _reap(handle: str) -> None:
             child.wait(timeout=5)
 
 
+def option(pid: int, flag: str) -> str | None:
+    """The value a running process was given for ``flag`` on its command line (``--port 8001``)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
 def group(pgid: int, name: str) -> list[int]:
     """Processes of process group ``pgid`` whose command line starts with ``name``: the workers a
     killed master left behind keep its group."""

@@ -45,7 +45,22 @@ def release(models: Path, tmp_path: Path) -> Iterator[Release]:
     deployment("down", check=False)
 
 
-def test_a_state_file_overwritten_with_garbage(release: Release) -> None:
+ROUTERS = [
+    pytest.param("nginx", marks=pytest.mark.skipif(shutil.which("nginx") is None, reason="NGINX ABSENT")),
+    "builtin",
+]
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_a_state_file_overwritten_with_garbage(models: Path, tmp_path: Path, router: str) -> None:
+    release = Release(models, tmp_path / "run", router)
+    try:
+        story_of_a_garbage_state_file(release)
+    finally:
+        release("down", check=False)
+
+
+def story_of_a_garbage_state_file(release: Release) -> None:
     release("up", "sample", "1")
     release("promote", "2")
     (release.run_dir / "state.db").write_bytes(b"this is not a database" * 100)
@@ -63,6 +78,18 @@ def test_a_state_file_overwritten_with_garbage(release: Release) -> None:
     assert history[0]["outcome"] == "repaired" and "moved aside" in history[0]["reason"]
     assert "the old history is lost" in history[0]["reason"]
     assert list(release.run_dir.glob("state.db.corrupt-*")), "the unreadable file was not kept"
+
+    # up adopts the deployment from what runs: the router's target is live, the other slot the rollback target
+    adopted = release("up", "sample", "2")
+    assert "adopted sample v2" in adopted.stdout and "v1 (blue) is the rollback target" in adopted.stdout
+    status = release.status()
+    assert status["phase"] == "Healthy", status
+    assert {s["color"]: (s["role"], s["version"]) for s in status["slots"]} == {
+        "green": ("live", 2),
+        "blue": ("previous", 1),
+    }
+    release("rollback")
+    assert release.serving() == "sample/1"
 
     release("down")
     assert release.instances() == 0 and not port_open(release.port)

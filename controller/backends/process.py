@@ -82,7 +82,12 @@ class ProcessBackend:
         return host.tail(matches[0], lines) if matches else ""
 
     def adopt(self, found: Found, sha256: str) -> Instance | None:
-        return None  # its port and socket are only known to the controller that started it
+        """A running instance whose record was lost: its own command line says its port and socket."""
+        pid = host.pid_of(found.handle)
+        port, sock = host.option(pid, "--port"), host.option(pid, "--uds")
+        if port is None or sock is None:
+            return None
+        return Instance(found.color, found.version, found.handle, int(port), sock, sha256)
 
     def running(self) -> list[Found]:
         found = []

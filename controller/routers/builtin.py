@@ -103,4 +103,10 @@ class BuiltinRouter:
         host.terminate(handle, grace=10.0)
 
     def adopt(self, handle: str) -> Router | None:
-        return None  # its admin port is only known to the controller that started it
+        """A running router whose record was lost: its command line says where it listens."""
+        pid = host.pid_of(handle)
+        listen, admin = host.option(pid, "--listen"), host.option(pid, "--admin-port")
+        if listen is None or admin is None:
+            return None
+        address, _, port = listen.rpartition(":")
+        return Router(kind=self.kind, host=address, port=int(port), handle=handle, admin_port=int(admin))

@@ -235,7 +235,8 @@ class NginxRouter(SymlinkRouting):
         host.kill_group(host.pid_of(handle), "nginx")  # workers of a master killed before
 
     def adopt(self, handle: str) -> Router | None:
-        return None  # a local nginx is only ever started by this controller
+        """A running nginx of this run dir whose record was lost (found through its pid file)."""
+        return Router(kind=self.kind, host=self.settings.router_host, port=self.settings.router_port, handle=handle)
 
 
 if __name__ == "__main__":  # `python -m controller.routers.nginx > docker/router/nginx.conf`
