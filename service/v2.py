@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import BadRequest, Invalid, NotReady, ServiceError
+from service.errors import BadRequest, HttpError, Invalid, MethodNotAllowed, NotReady, ServiceError
 from service.fastpath import read_body, respond, run_model
 from service.runtime import ModelRuntime
 
@@ -37,11 +37,6 @@ NUMBER_TYPES = {"FP32": "<f", "FP64": "<d", "INT8": "<b", "INT16": "<h", "INT32"
 NUMBER_TYPES |= {"UINT8": "<B", "UINT16": "<H", "UINT32": "<I", "UINT64": "<Q"}
 OUTPUTS = ("label", "probabilities")
 RESERVED_PARAMETERS = frozenset({"binary_data_output"})
-
-
-class NotFound(ServiceError):
-    status = 404
-    code = "not_found"
 
 
 class V2Route:
@@ -72,7 +67,7 @@ class V2Route:
             version = None
             if rest[:1] == ["versions"]:
                 if len(rest) < 2:
-                    raise NotFound("no such endpoint: /v2/models/{name}/versions/{version}[/ready|/infer]")
+                    raise HttpError(404, "no such endpoint: /v2/models/{name}/versions/{version}[/ready|/infer]")
                 version, rest = rest[1], rest[2:]
             if rest in ([], ["ready"], ["infer"]):
                 self._expect(method, "POST" if rest == ["infer"] else "GET")
@@ -91,7 +86,7 @@ class V2Route:
                 return self._json({"live": True})
             ready = self.runtime.predictor is not None
             return self._json({"ready": ready}, 200 if ready else 503)
-        raise NotFound(f"no such endpoint: /v2/{'/'.join(parts)}")
+        raise HttpError(404, f"no such endpoint: /v2/{'/'.join(parts)}")
 
     @staticmethod
     def _json(data: Any, status: int = 200) -> tuple[int, list[Any], bytes]:
@@ -100,13 +95,13 @@ class V2Route:
     @staticmethod
     def _expect(method: str, allowed: str) -> None:
         if method != allowed:
-            raise _MethodNotAllowed(f"only {allowed} is allowed here", headers={"Allow": allowed})
+            raise MethodNotAllowed(f"only {allowed} is allowed here", headers={"Allow": allowed})
 
     def _is_ours(self, name: str, version: str | None) -> None:
         if name != self.name or (version is not None and version != self.version):
             asked = f"{name!r}" + (f" version {version}" if version is not None else "")
-            raise NotFound(
-                f"model {asked} is not served here; this instance serves {self.name!r} version {self.version}"
+            raise HttpError(
+                404, f"model {asked} is not served here; this instance serves {self.name!r} version {self.version}"
             )
 
     def _model_metadata(self) -> dict[str, Any]:
@@ -191,11 +186,6 @@ class V2Route:
         if len({len(v) for v in given.values()}) > 1:
             raise BadRequest("every input must have the same number of rows")
         return {name: given[name] for name in expected}
-
-
-class _MethodNotAllowed(ServiceError):
-    status = 405
-    code = "method_not_allowed"
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -46,7 +46,7 @@ http {{
         # max_fails=0: a failed connect during a flip must not mark the only server down for 10s.
         server unix:{live} max_fails=0;
         # Pooled connections (uvicorn's per-connection setup costs more than the request). A flip
-        # retires the old instance's pooled connections: see controller/operations.py.
+        # retires the old instance's pooled connections (the retire step, controller/runner.py).
         keepalive 64;
         keepalive_timeout 60s;
     }}
