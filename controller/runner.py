@@ -186,7 +186,9 @@ class Runner:
         probes, factor = self.seams.probes, self.settings.max_slowdown
         candidate = probes.latency(made.candidate, self.manifest)
         current = probes.latency(live, self._manifest(facts, live.version))
-        verdict = f"{candidate * 1000:.1f} ms per one-row request vs live v{live.version} {current * 1000:.1f} ms"
+        verdict = (
+            f"{candidate * 1000:.1f} ms for its fastest one-row request vs live v{live.version} {current * 1000:.1f} ms"
+        )
         if checks.slower(candidate, current, factor) and not step.forced:
             raise CheckFailed("speed", f"{verdict}: more than {factor:g}x slower (--max-slowdown; --force overrides)")
         self.seams.say(f"{step.action}: speed: {verdict}")

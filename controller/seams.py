@@ -44,7 +44,7 @@ class Probes(Protocol):
         ...
 
     def latency(self, instance: Instance, manifest: Manifest) -> float:
-        """Median seconds of a one-row request, over the golden rows."""
+        """Seconds of the fastest one-row request over the golden rows: what the model costs."""
         ...
 
     def router_connections(self, instance: Instance) -> int | None:

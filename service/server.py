@@ -11,6 +11,7 @@ its model before any of them binds, so the port opens only when every worker is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -124,9 +125,21 @@ def run_worker(
     def router_side() -> list[Any]:  # connections accepted on the unix socket (a str sockname)
         return [c for c in server.server_state.connections if isinstance(_sockname(c), str)]
 
-    def close_router_connections() -> None:
+    def close_router_connections(passes: int = 250) -> None:
+        """After a flip: the router's connections close, idle ones at once, busy ones after their response
+        (uvicorn's own shutdown). A connection that has not served a request yet is left until it has
+        one: the router opened it just before the flip and its request may be on the way; closed
+        before it is read, that request fails, and nginx does not retry a fresh connection that fails
+        (only a pooled one). Such connections are looked at again every 20 ms, for 5 s at most."""
+        waiting = False
         for connection in router_side():
-            connection.shutdown()  # uvicorn's own: closes if idle, else after the response
+            fresh = getattr(connection, "cycle", None) is None
+            if fresh and getattr(connection, "timeout_keep_alive_task", None) is None:
+                waiting = True
+            else:
+                connection.shutdown()
+        if waiting and passes > 0:
+            asyncio.get_running_loop().call_later(0.02, close_router_connections, passes - 1)
 
     hooks = ServerHooks(
         close_router_connections=close_router_connections,

@@ -421,7 +421,7 @@ def test_a_candidate_much_slower_than_live_is_refused_unless_forced(world: World
     world.controller().up("sample", 1)
     world.probes.seconds[2] = 0.0119  # the figures: 11.9 ms against live's 2.0
     world.probes.seconds[1] = 0.0020
-    with pytest.raises(CheckFailed, match=r"speed failed: 11.9 ms per one-row request vs live v1 2.0 ms"):
+    with pytest.raises(CheckFailed, match=r"speed failed: 11.9 ms for its fastest one-row request vs live v1 2.0 ms"):
         world.controller().stage(2)
     assert world.leaked() == set()
     world.probes.seconds[2] = 0.0045  # slower, within the default factor of 3

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -448,3 +449,52 @@ def test_cpu_lists_keep_their_order() -> None:
     allowed = sorted(os.sched_getaffinity(0))
     assert parse_cpus("auto") == allowed and parse_cpus("auto-reversed") == allowed[::-1]
     assert parse_cpus("off") == [] and parse_cpus(",".join(map(str, allowed[::-1]))) == allowed[::-1]
+
+
+def _http(sock: socket.socket, body: bytes) -> bytes:
+    """One POST /predict on a raw connection, and the whole answer (head and body)."""
+    sock.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
+def test_after_a_flip_a_router_connection_whose_request_is_on_its_way_still_gets_its_answer(
+    registry: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "live.sock"
+    body = json.dumps({"description": ENERGY}).encode()
+    with ServiceProcess(registry / "sample" / "2", "--uds", str(path)) as service:
+        service.wait_ready()
+        served = socket.socket(socket.AF_UNIX)  # a pooled router connection, idle after an answer
+        served.connect(str(path))
+        assert _http(served, body).startswith(b"HTTP/1.1 200")
+        fresh = socket.socket(socket.AF_UNIX)  # opened by the router just before the flip
+        fresh.connect(str(path))
+        deadline = time.monotonic() + 30
+        while httpx.get(service.url + "/readyz").json()["router_connections"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        os.kill(service.proc.pid, signal.SIGUSR1)  # what the controller sends the old instance after a flip
+        served.settimeout(30)
+        assert served.recv(1) == b"", "the idle pooled connection was not closed"
+        answer = _http(fresh, body)  # its request arrives after the signal
+        assert answer.startswith(b"HTTP/1.1 200") and b"sample/2" in answer
+        fresh.settimeout(30)
+        assert fresh.recv(1) == b"", "the connection stayed open after its answer"
+        served.close()
+        fresh.close()
