@@ -14,12 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from artifact.manifest import ArtifactError, Manifest, read_manifest
-from artifact.registry import resolve
-from controller import adopt, lock, notify, repair, view
+from artifact.manifest import Manifest
+from controller import adopt, lock, notify, registry, repair, view
 from controller.backends import make_backend
 from controller.backends.base import Backend
-from controller.errors import CheckFailed, StateError, UsageError
+from controller.errors import CheckFailed, StateError
 from controller.facts import Facts
 from controller.notify import Notifier
 from controller.phase import Observed
@@ -75,15 +74,9 @@ class Deployment:
     def _default_router_kind(self) -> str:
         return "docker-nginx" if self.settings.backend == "docker" else self.settings.resolved_router()
 
-    def manifest(self, name: str, version: int) -> Manifest:
-        try:
-            return read_manifest(resolve(self.settings.models_dir, name, version))
-        except ArtifactError as exc:
-            raise UsageError(str(exc)) from None
-
     def _manifest_of(self, facts: Facts, version: int) -> Manifest:
         assert facts.name is not None
-        return self.manifest(facts.name, version)
+        return registry.manifest(self.settings.models_dir, facts.name, version)
 
     def observe(self, facts: Facts) -> Observed:
         return view.observe(facts, self.seams(facts), self._manifest_of, self.settings)
@@ -118,11 +111,12 @@ class Deployment:
                 # Before repair, which would stop what no fact accounts for: compose's router and blue.
                 assert command.model is not None and command.version is not None
                 model = command.model
-                self.manifest(model, command.version)  # a clear usage error for a version that does not exist
+                models = self.settings.models_dir
+                registry.manifest(models, model, command.version)  # a clear usage error for a missing version
                 adopted = adopt.adopt(
                     model,
                     command.version,
-                    lambda version: self.manifest(model, version),
+                    lambda version: registry.manifest(models, model, version),
                     self.seams(Facts()),
                     self.settings.ready_timeout,
                 )

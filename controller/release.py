@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as `python controller/release.py`: import f
 
 from pydantic import ValidationError
 
+from controller import registry
 from controller.errors import SwitchyardError, UsageError
 from controller.seams import Hooks
 from controller.settings import ControllerSettings
@@ -164,32 +165,15 @@ def _settings(args: argparse.Namespace) -> ControllerSettings:
 
 
 def _version(models_dir: Path, name: str | None, raw: str) -> int:
-    from artifact.manifest import ArtifactError
-    from artifact.registry import resolve
-
     if name is None:
         raise UsageError("nothing is up yet; run `release.py up NAME VERSION` first")
-    try:
-        return int(resolve(models_dir, name, raw).name)
-    except ArtifactError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _manifest(models_dir: Path, name: str, version: int) -> Any:
-    from artifact.manifest import ArtifactError, read_manifest
-    from artifact.registry import resolve
-
-    try:
-        return read_manifest(resolve(models_dir, name, version))
-    except ArtifactError as exc:
-        raise UsageError(str(exc)) from None
+    return int(registry.version_dir(models_dir, name, raw).name)
 
 
 def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
     from urllib.parse import urlsplit
 
     from artifact.manifest import ArtifactError
-    from artifact.registry import resolve
     from artifact.trust import verify
     from controller.checks import check_instance
     from controller.errors import CheckFailed
@@ -201,14 +185,10 @@ def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
         raise UsageError(f"--url {args.url!r}: expected http://127.0.0.1:PORT (a port-forward, a preview address)")
     version = _version(settings.models_dir, args.name, args.version)
     try:
-        manifest = verify(resolve(settings.models_dir, args.name, version), settings.trust())
+        manifest = verify(registry.version_dir(settings.models_dir, args.name, version), settings.trust())
     except ArtifactError as exc:
         raise CheckFailed("verify", str(exc)) from None
-    live = (
-        _manifest(settings.models_dir, args.name, _version(settings.models_dir, args.name, args.against))
-        if args.against
-        else None
-    )
+    live = registry.manifest(settings.models_dir, args.name, args.against) if args.against else None
     instance = Instance("preview", version, "", url.port, "", manifest.artifact.sha256)
     for line in check_instance(HttpProbes(timeout=5.0), instance, manifest, live, settings.gate_tolerance):
         print(f"check: {line}")
@@ -258,7 +238,7 @@ def render(args: argparse.Namespace, settings: ControllerSettings) -> int:
         models_source=args.models_source,
     )
     keys = {path.name: path.read_text() for path in sorted(settings.trusted_keys.glob("*.pub"))}
-    documents = kubernetes.render(target, _manifest(settings.models_dir, args.name, version), keys)
+    documents = kubernetes.render(target, registry.manifest(settings.models_dir, args.name, version), keys)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifests = out / f"{target.app}.yaml"

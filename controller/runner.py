@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifact.manifest import ArtifactError, Manifest, read_manifest
-from artifact.registry import resolve
+from artifact.manifest import ArtifactError, Manifest
 from artifact.trust import verify
-from controller import checks, repair
-from controller.errors import CheckFailed, NeedsOperator, UsageError
+from controller import checks, registry, repair
+from controller.errors import CheckFailed, NeedsOperator
 from controller.facts import Event, Facts
 from controller.planner import JOURNALED, Made, Plan, Step, leaves
 from controller.seams import Seams
@@ -143,16 +142,11 @@ class Runner:
 
     def _path(self, facts: Facts, version: int) -> Path:
         assert facts.name is not None
-        try:
-            return resolve(self.settings.models_dir, facts.name, version)
-        except ArtifactError as exc:
-            raise UsageError(str(exc)) from None
+        return registry.version_dir(self.settings.models_dir, facts.name, version)
 
     def _manifest(self, facts: Facts, version: int) -> Manifest:
-        try:
-            return read_manifest(self._path(facts, version))
-        except ArtifactError as exc:
-            raise UsageError(str(exc)) from None
+        assert facts.name is not None
+        return registry.manifest(self.settings.models_dir, facts.name, version)
 
     def _verify(self, facts: Facts, step: Step) -> Manifest:
         assert step.version is not None

@@ -28,11 +28,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from artifact.manifest import ArtifactError
-from artifact.registry import resolve
+from controller import registry
 from controller.console import pages
 from controller.console.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, Throttle, new_token, same
-from controller.errors import SwitchyardError
+from controller.errors import SwitchyardError, UsageError
 from controller.settings import ControllerSettings
 from controller.users import Accounts
 
@@ -180,10 +179,9 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
             return RedirectResponse("/login", status_code=303)
         name = await run_in_threadpool(pages.model_name, settings)
         try:
-            path = (
-                resolve(settings.models_dir, name or "", int(request.path_params["version"])) / "confusion_matrix.png"
-            )
-        except (ArtifactError, ValueError):
+            version = int(request.path_params["version"])
+            path = registry.version_dir(settings.models_dir, name or "", version) / "confusion_matrix.png"
+        except (UsageError, ValueError):
             return PlainTextResponse("no such version", status_code=404)
         if not path.is_file():
             return PlainTextResponse("no confusion matrix for this version", status_code=404)

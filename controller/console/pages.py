@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from artifact.manifest import ArtifactError, Manifest, read_manifest
-from artifact.registry import resolve
+from artifact.manifest import Manifest
+from controller import registry
 from controller.checks import gate
 from controller.deployment import Deployment
+from controller.errors import UsageError
 from controller.probes import HttpProbes
 from controller.settings import ControllerSettings
 
@@ -24,11 +25,12 @@ def deployment(settings: ControllerSettings, actor: str | None = None) -> Deploy
 
 
 def manifest(settings: ControllerSettings, name: str | None, version: int | None) -> Manifest | None:
+    """A slot's manifest, or None where it cannot be read: a page still shows what it can."""
     if name is None or version is None:
         return None
     try:
-        return read_manifest(resolve(settings.models_dir, name, version))
-    except ArtifactError:
+        return registry.manifest(settings.models_dir, name, version)
+    except UsageError:
         return None
 
 
