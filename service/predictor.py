@@ -87,20 +87,24 @@ class Predictor:
     # ---------------------------------------------------------------- in the model thread (off the loop)
 
     def probabilities(self, rows: list[Row]) -> list[list[float]]:
-        """One model call for all rows (of any request, either protocol); each row's label counted."""
+        """One model call for all rows (of any request, either protocol)."""
         features: Any = rows if self.is_text else np.array(rows, dtype=float)
         probabilities: list[list[float]] = self.model.predict_proba(features).tolist()
-        counts = self.label_counts
-        for row in probabilities:
-            counts[max(range(len(row)), key=row.__getitem__)] += 1
         return probabilities
+
+    def _best(self, probabilities: list[list[float]]) -> list[int]:
+        """Each row's predicted class, counted once here for the metrics, whichever protocol answers."""
+        counts = self.label_counts
+        best = [max(range(len(row)), key=row.__getitem__) for row in probabilities]
+        for column in best:
+            counts[column] += 1
+        return best
 
     def render(self, probabilities: list[list[float]], top_k: int | None) -> list[bytes]:
         """``/predict`` answers: each row serialised to JSON here, off the event loop."""
         classes = self.classes
         out: list[bytes] = []
-        for row in probabilities:
-            best = max(range(len(row)), key=row.__getitem__)
+        for best, row in zip(self._best(probabilities), probabilities, strict=True):
             if top_k is None or top_k >= len(classes):
                 scores = dict(zip(classes, row, strict=True))
             else:
@@ -112,7 +116,7 @@ class Predictor:
     def labelled(self, probabilities: list[list[float]]) -> tuple[list[str], list[list[float]]]:
         """Open Inference Protocol answers: each row's label, and the probabilities as they are."""
         classes = self.classes
-        return [classes[max(range(len(row)), key=row.__getitem__)] for row in probabilities], probabilities
+        return [classes[best] for best in self._best(probabilities)], probabilities
 
     def predict(self, rows: list[Row], top_k: int | None = None) -> list[bytes]:
         """Both at once, for a caller that is not the batcher (the warm-up)."""
