@@ -59,9 +59,6 @@ class FakeBackend:
     def running(self) -> list[Found]:
         return [Found(h, self.instances[h].color, self.instances[h].version) for h in sorted(self.alive_handles)]
 
-    def running_versions(self) -> dict[str, int]:
-        return {self.instances[h].color: self.instances[h].version for h in self.alive_handles}
-
 
 class FakeRouter:
     kind = "fake"
@@ -116,7 +113,6 @@ class FakeProbes:
     failing_smoke: set[int] = field(default_factory=set)
     wrong: dict[int, int] = field(default_factory=dict)  # version -> golden rows it gets wrong
     seconds: dict[int, float] = field(default_factory=dict)  # version -> latency of a one-row request
-    asked: list[tuple[str, int]] = field(default_factory=list)
 
     def readiness(self, instance: Instance, manifest: Manifest) -> str | None:
         if not self.backend.alive(instance.handle):
@@ -126,7 +122,6 @@ class FakeProbes:
         return "/readyz answered 503" if instance.version in self.never_ready else None
 
     def smoke(self, instance: Instance, manifest: Manifest) -> Smoke:
-        self.asked.append(("smoke", instance.version))
         if instance.version in self.failing_smoke:
             raise CheckFailed("smoke", "1 of 6 golden rows differ from training time")
         rows = len(manifest.golden)
