@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from artifact.manifest import Manifest
-from controller import adopt, lock, notify, registry, repair, view
+from controller import adopt, evidence, lock, notify, registry, repair, shadow, view
 from controller.backends import make_backend
 from controller.backends.base import Backend
 from controller.errors import CheckFailed, StateError
-from controller.facts import Facts
+from controller.facts import Facts, Shadow
 from controller.notify import Notifier
 from controller.phase import Observed
 from controller.planner import Command, Made, Plan, Refusal, plan
@@ -86,8 +86,12 @@ class Deployment:
     def up(self, name: str, version: int) -> str:
         return self.execute(Command("up", version, model=name))
 
-    def stage(self, version: int, *, force: bool = False) -> str:
-        return self.execute(Command("stage", version, force=force))
+    def stage(self, version: int, *, force: bool = False, shadow: Shadow | None = None) -> str:
+        """Without ``shadow``, the settings say whether (and how much) live traffic is copied."""
+        settings = self.settings
+        if shadow is None and settings.shadow and settings.shadow_percent > 0:
+            shadow = Shadow(settings.shadow_percent, settings.shadow_rate)
+        return self.execute(Command("stage", version, force=force, shadow=shadow))
 
     def promote(self, version: int | None = None, *, force: bool = False) -> str:
         return self.execute(Command("promote", version, force=force))
@@ -124,6 +128,7 @@ class Deployment:
                     return adopted
             # `down` stops everything, whatever an interrupted command left: nothing to repair first.
             facts = stored if command.name == "down" else repair.repair(stored, self.seams(stored))
+            self._follow_shadow(facts)
             decision = plan(command, facts, self.observe(facts))
             if isinstance(decision, Refusal):
                 if decision.event is not None:
@@ -135,11 +140,13 @@ class Deployment:
             try:
                 after, made = Runner(self.settings, self.seams(decision.before)).run(decision, facts)
             except CheckFailed as exc:
-                if exc.step != "gate":
+                if exc.step not in ("gate", "evidence"):
                     raise
                 refused = exc
             else:
                 message = self._summary(decision, facts, after, made)
+            finally:
+                self._follow_shadow(self._settled(facts))
         if refused is not None:  # the lock is released: a slow webhook must not hold up the next command
             self._notify("gate_refused", "/compare", facts, command.version, reason=refused.reason)
             raise refused
@@ -148,6 +155,18 @@ class Deployment:
             event = {"stage": "staged", "promote": "deployed", "rollback": "rolled_back"}[last.action]
             self._notify(event, "/compare" if event == "staged" else "/", facts, last.version, reason=message)
         return message
+
+    def _follow_shadow(self, facts: Facts) -> None:
+        """The live instance copies to the staged candidate exactly while the facts say so."""
+        started = shadow.reconcile(facts, self.settings)
+        if started is not None and not shadow.wait_started(started, self.clock):
+            self.say("warning: the live instance has not started copying requests to the candidate after 5 s")
+
+    def _settled(self, fallback: Facts) -> Facts:
+        try:
+            return self.store.load()
+        except StateError:
+            return fallback
 
     def _notify(self, event: str, page: str, before: Facts, version: int | None, reason: str) -> None:
         live = before.slot(before.active)
@@ -180,15 +199,22 @@ class Deployment:
         if last.action == "stage":
             staged = after.slot(after.staged)
             assert staged is not None and live is not None
+            copies = (
+                f"; it gets a copy of {after.shadow.percent:g}% of live /predict requests (at most "
+                f"{after.shadow.rate:g}/s): `release evidence` compares the answers"
+                if after.shadow
+                else "; no shadow traffic"
+            )
             return (
                 f"stage: {after.name} v{staged.version} is staged in {staged.color} at {staged.url} "
-                f"(preview); live traffic still goes to v{live.version}"
+                f"(preview); live traffic still goes to v{live.version}{copies}"
             )
         old = before.slot(before.active)
         assert live is not None and old is not None and after.router is not None
+        said = "".join(f"; {note}" for note in plan.notes)
         return (
             f"{last.action}: {after.name} v{live.version} ({live.color}) is live at {after.router.url}; "
-            f"v{old.version} ({old.color}) keeps running as the rollback target"
+            f"v{old.version} ({old.color}) keeps running as the rollback target{said}"
         )
 
     # ------------------------------------------------------------------ reading
@@ -200,7 +226,19 @@ class Deployment:
         except StateError as exc:
             facts, problem = Facts(), str(exc)
         status = view.status(facts, self.observe(facts), self.seams(facts), self.settings.run_dir)
-        return status | {"state_problem": problem}
+        candidate = facts.slot(facts.staged)
+        found: str | None = None
+        if candidate is not None and facts.shadow is not None:
+            found = evidence.summary(evidence.read(shadow.records(self.settings, candidate), 0))
+        return status | {"state_problem": problem, "shadow": found}
+
+    def evidence(self) -> tuple[Facts, evidence.Evidence | None]:
+        """The staged candidate's shadow evidence (None when nothing is staged with shadow traffic)."""
+        facts = self.store.load()
+        candidate = facts.slot(facts.staged)
+        if candidate is None or facts.shadow is None:
+            return facts, None
+        return facts, evidence.read(shadow.records(self.settings, candidate), self.settings.shadow_examples)
 
     def history(self, limit: int | None = None) -> list[dict[str, Any]]:
         return self.store.history(limit)

@@ -48,6 +48,14 @@ class Op:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """The staged candidate gets copies of live requests: this share of them, at most ``rate`` a second."""
+
+    percent: float = 100.0
+    rate: float = 100.0
+
+
+@dataclass(frozen=True)
 class Router:
     kind: str  # nginx | builtin | docker-nginx
     host: str
@@ -69,6 +77,7 @@ class Facts:
     slots: dict[str, Instance] = field(default_factory=dict)
     router: Router | None = None
     op: Op | None = None
+    shadow: Shadow | None = None  # while a candidate is staged with shadow traffic
 
     def replace(self, **changes: Any) -> Facts:
         return dataclasses.replace(self, **changes)
@@ -109,4 +118,5 @@ def decode(body: str) -> Facts:
         slots=slots,
         router=router,
         op=op,
+        shadow=Shadow(**raw["shadow"]) if raw.get("shadow") else None,  # older state files have none
     )

@@ -15,6 +15,7 @@ Steps, in the order a plan may hold them:
     smoke    the golden rows through its HTTP API (and its claimed  journaled
              accuracy re-scored on them)
     gate     its metric against the live model's                   journaled
+    evidence its shadow-traffic evidence against the rules (promote) journaled
     speed    its latency against live's on the same rows (stage)   journaled
     router   start the router in front of it (``up`` only)         journaled
     flip     point the router at the target slot                  journaled: a crash rolls forward
@@ -28,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.errors import NeedsOperator, Refused, SwitchyardError, UsageError
-from controller.facts import Event, Facts, Instance, Op, Router, other
+from controller.facts import Event, Facts, Instance, Op, Router, Shadow, other
 from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
 
-JOURNALED = frozenset({"start", "ready", "smoke", "gate", "speed", "router", "flip"})
+JOURNALED = frozenset({"start", "ready", "smoke", "gate", "evidence", "speed", "router", "flip"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Command:
     version: int | None = None
     model: str | None = None  # up: the model's name
     force: bool = False
+    shadow: Shadow | None = None  # stage: copies of live traffic for the candidate
 
     @property
     def table_name(self) -> str:
@@ -55,6 +57,7 @@ class Step:
     version: int | None = None
     handle: str | None = None  # stop / stop-router: what to stop
     forced: bool = False
+    shadow: Shadow | None = None  # a stage's commit: the candidate's shadow traffic
 
 
 @dataclass(frozen=True)
@@ -166,11 +169,11 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
     if existing is not None and existing.version == version and observed.ready.get(idle):
         # The idle slot already runs this version, ready and with the right identity: check, don't restart.
         steps = [Step(name, "stage", idle, version, forced=force) for name in ("smoke", "gate", "speed")]
-        return [*steps, Step("commit", "stage", idle, version, forced=force)]
+        return [*steps, Step("commit", "stage", idle, version, forced=force, shadow=command.shadow)]
     steps = [
         *_checked_start("stage", idle, version, force),
         Step("speed", "stage", idle, version, forced=force),
-        Step("commit", "stage", idle, version, forced=force),
+        Step("commit", "stage", idle, version, forced=force, shadow=command.shadow),
     ]
     if existing is not None:
         steps.append(Step("stop", "stage", idle, existing.version, handle=existing.handle))
@@ -179,12 +182,13 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
 
 def _flip(action: str, facts: Facts, target: str, version: int, force: bool) -> list[Step]:
     """A deploy is checked against what is live when it is made (a candidate may have been staged
-    with --force, or against another live version); a rollback goes back to what was live before."""
+    with --force, or against another live version) and against its shadow-traffic evidence; a
+    rollback goes back to what was live before."""
     assert facts.active is not None
     old = facts.slots[facts.active]
-    gate = [Step("gate", action, target, version, forced=force)] if action == "promote" else []
+    checked = ("gate", "evidence") if action == "promote" else ()
     return [
-        *gate,
+        *(Step(name, action, target, version, forced=force) for name in checked),
         Step("flip", action, target, version, forced=force),
         Step("retire", action, facts.active, old.version, handle=old.handle),
         Step("commit", action, target, version, forced=force),
@@ -215,8 +219,10 @@ def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refus
             staged = _stage(command, facts, observed)
             if isinstance(staged, Refusal):
                 return staged
-            idle = other(facts.active)  # its gate ran in the stage, a moment ago
-            return Plan((*staged, *_flip("promote", facts, idle, version, force)[1:]), facts)
+            # Its gate ran in the stage, a moment ago; it has had no traffic to gather evidence from.
+            idle = other(facts.active)
+            note = "no shadow evidence: staged and deployed in one command (`stage` first to gather it)"
+            return Plan((*staged, *_flip("promote", facts, idle, version, force)[2:]), facts, notes=(note,))
     if facts.staged is None:
         return Refusal(f"cannot promote: {HINTS[(Phase.HEALTHY, 'promote')]}")
     target_version = facts.slots[facts.staged].version
@@ -265,7 +271,9 @@ def leaves(step: Step, facts: Facts, made: Made) -> Facts:
     if step.action == "stage":
         assert step.color is not None
         slot = made.candidate or facts.slots[step.color]
-        return facts.replace(slots={**facts.slots, step.color: slot}, staged=step.color, previous=None, op=None)
+        return facts.replace(
+            slots={**facts.slots, step.color: slot}, staged=step.color, previous=None, op=None, shadow=step.shadow
+        )
     if step.action == "down":
         return Facts()
-    return facts.replace(active=step.color, previous=facts.active, staged=None, op=None)
+    return facts.replace(active=step.color, previous=facts.active, staged=None, op=None, shadow=None)

@@ -5,6 +5,7 @@
   stage VERSION       the release: start VERSION in the idle slot, check it, leave it at a preview address
   promote [VERSION]   the deploy: flip the router to the staged slot (with VERSION: stage it first)
   rollback            flip back to the previous slot, which is still running
+  evidence            what the staged candidate did with copies of live traffic (shadow)
   status              what runs, checked against reality (--json for scripts)
   history             every stage / promote / rollback / failure
   down                stop everything this deployment started
@@ -62,6 +63,24 @@ SETTING_OPTIONS = {
 }
 
 
+SHADOW_OPTIONS = {
+    "shadow_percent": ("--shadow-percent", float, "the share of live /predict requests copied to it (default: 100)"),
+    "shadow_rate": ("--shadow-rate", float, "copies a second at most, so live never starves (default: 100)"),
+}
+EVIDENCE_RULES = {
+    "shadow_min_requests": ("--shadow-min-requests", int, "compared requests needed (default: 100)"),
+    "shadow_min_agreement": ("--shadow-min-agreement", float, "top-1 agreement with live needed (default: 0.5)"),
+    "shadow_max_errors": ("--shadow-max-errors", int, "candidate errors allowed on copies (default: 0)"),
+    "shadow_max_p99_ratio": ("--shadow-max-p99-ratio", float, "candidate p99 / live p99 allowed (default: 3)"),
+}
+
+
+def _typed(parser: argparse.ArgumentParser, title: str, options: dict[str, tuple[str, Any, str]]) -> None:
+    group = parser.add_argument_group(title)
+    for dest, (flag, kind, helptext) in options.items():
+        group.add_argument(flag, dest=dest, type=kind, help=helptext + f" [env SWITCHYARD_{dest.upper()}]")
+
+
 def _common(suppress: bool, leave_out: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("deployment options")
@@ -97,12 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     stage = add("stage", "start VERSION in the idle slot, run readiness, smoke test and gate; no traffic moves")
     stage.add_argument("version", help="version number, or 'latest'")
     stage.add_argument("--force", action="store_true", help="release even if the evaluation gate says no")
+    stage.add_argument(
+        "--no-shadow", dest="shadow", action="store_false", default=None, help="no copies of live traffic for it"
+    )
+    _typed(stage, "shadow traffic", SHADOW_OPTIONS)
 
     promote = add("promote", "flip live traffic to the staged slot; with VERSION, stage it first")
     promote.add_argument("version", nargs="?", help="version to stage and flip to (default: what is staged)")
-    promote.add_argument("--force", action="store_true", help="release even if the evaluation gate says no")
+    promote.add_argument(
+        "--force", action="store_true", help="deploy even if the evaluation gate or the shadow evidence says no"
+    )
+    _typed(promote, "shadow evidence rules", EVIDENCE_RULES)
 
     add("rollback", "flip live traffic back to the previous slot, which is still running")
+    evidence = add("evidence", "what the staged candidate did with copies of live traffic, and the promote verdict")
+    evidence.add_argument("--json", action="store_true", help="machine-readable output")
+    _typed(evidence, "shadow evidence rules", EVIDENCE_RULES)
     status = add("status", "the phase, the router and each slot, checked against what really runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     history = add("history", "every up / stage / promote / rollback / failure, oldest first")
@@ -153,14 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> ControllerSettings:
-    given = {dest: getattr(args, dest) for dest in SETTING_OPTIONS if getattr(args, dest, None) is not None}
+    names = [*SETTING_OPTIONS, *SHADOW_OPTIONS, *EVIDENCE_RULES, "shadow"]
+    given = {dest: getattr(args, dest) for dest in names if getattr(args, dest, None) is not None}
     if "notify" in given:
         given["notify"] = ",".join(given["notify"])
     try:
         return ControllerSettings(**given)
     except ValidationError as exc:
         key, value, reason = first_error(exc)
-        flag = SETTING_OPTIONS.get(key, (key,))[0]
+        flag = {**SETTING_OPTIONS, **SHADOW_OPTIONS, **EVIDENCE_RULES}.get(key, (f"SWITCHYARD_{key.upper()}",))[0]
         raise UsageError(f"{flag} {value!r}: {reason}") from None
 
 
@@ -252,54 +282,8 @@ def render(args: argparse.Namespace, settings: ControllerSettings) -> int:
     return 0
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _short(handle: str) -> str:
-    """A pid, or a container id's first 12 characters."""
-    return handle.split(":")[0][:12]
-
-
-def print_status(status: dict[str, Any]) -> None:
-    if status.get("state_problem"):
-        print(f"state:  {status['state_problem']}")
-    print(f"phase:  {status['phase']}: {status['reason']}")
-    router = status["router"]
-    if router:
-        state = f"-> {router['target'] or 'nothing'}" if router["alive"] else "NOT RUNNING"
-        print(f"router: {router['url']} ({router['kind']}, {_short(router['handle'])}) {state}")
-    for slot in status["slots"]:
-        health = "ready" if slot["ready"] else "alive, not ready" if slot["alive"] else "NOT RUNNING"
-        print(
-            f"  {slot['color']:<6} {slot['role']:<9} {status['name']} v{slot['version']:<4} {slot['url']:<24} "
-            f"{health:<16} up {_age(slot['age_seconds']):<6} {_short(slot['handle'])}"
-        )
-        if slot["last_log"]:
-            print(
-                "         last log lines:\n" + "\n".join("           " + line for line in slot["last_log"].splitlines())
-            )
-    print(f"run dir: {status['run_dir']}")
-
-
-def print_history(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("no history yet")
-    for row in rows:
-        versions = f"v{row['from_version'] or '-'} -> v{row['to_version'] or '-'}"
-        step = f" at {row['step']}" if row["step"] else ""
-        forced = " FORCED" if row["forced"] else ""
-        actor = f"  [{row['actor']}]" if row.get("actor") else ""
-        print(
-            f"{row['at']}  {row['action']:<8} {row['outcome']:<8} {versions:<12}{step}{forced}  {row['reason']}{actor}"
-        )
-
-
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
+    from controller import report
     from controller.deployment import Deployment
 
     settings = _settings(args)
@@ -315,12 +299,14 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
 
         return console(settings, args.console_host, args.console_port, detach=args.detach)
     deployment = Deployment(settings, hooks=hooks)
+    if command == "evidence":
+        return report.evidence(deployment, settings, as_json=args.json)
     if command in ("status", "history"):
         data: Any = deployment.status() if command == "status" else deployment.history(args.limit)
         if args.json:
             print(json.dumps(data, indent=2))
         else:
-            (print_status if command == "status" else print_history)(data)
+            (report.print_status if command == "status" else report.print_history)(data)
         return 0
     if command == "up":
         message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))

@@ -37,7 +37,7 @@ def settle(facts: Facts, seams: Seams, say: Say) -> tuple[Facts, str, bool]:
         if old is not None and old != candidate:
             retire(old, seams)  # as a flip does: no request may keep reaching the old version
         say(f"repair: completing the interrupted {op.action}: {op.color} (v{op.version}) is live")
-        done = facts.replace(active=op.color, previous=facts.active, staged=None, op=None)
+        done = facts.replace(active=op.color, previous=facts.active, staged=None, op=None, shadow=None)
         return done, "interrupted after the router flipped; completed", True
     if op.step == "flip" and router is not None and facts.active is not None:
         seams.router.point_to(router, facts.slots[facts.active].socket)  # undo a partial flip

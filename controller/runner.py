@@ -17,7 +17,7 @@ from pathlib import Path
 
 from artifact.manifest import ArtifactError, Manifest
 from artifact.trust import verify
-from controller import checks, registry, repair
+from controller import checks, evidence, registry, repair, shadow
 from controller.errors import CheckFailed, NeedsOperator
 from controller.facts import Event, Facts
 from controller.planner import JOURNALED, Made, Plan, Step, leaves
@@ -107,6 +107,8 @@ class Runner:
                 raise CheckFailed("score", problem)
         elif step.name == "gate":
             self._gate(facts, step)
+        elif step.name == "evidence":
+            self._evidence(facts, step)
         elif step.name == "speed":
             self._speed(facts, step, made)
         elif step.name == "router":
@@ -172,6 +174,20 @@ class Runner:
         if not decision.passed and not step.forced:
             raise CheckFailed("gate", decision.reason + " (use --force to override)")
         self.seams.say(f"{step.action}: gate: {'FORCED past: ' if not decision.passed else ''}{decision.reason}")
+
+    def _evidence(self, facts: Facts, step: Step) -> None:
+        """What the candidate did with copies of live traffic, held to the rules (--force overrides)."""
+        say = self.seams.say
+        assert step.color is not None
+        if facts.shadow is None:
+            say(f"{step.action}: evidence: none (staged with --no-shadow): the deploy rests on the offline gate")
+            return
+        found = evidence.read(shadow.records(self.settings, facts.slots[step.color]))
+        broken = evidence.judge(found, self.settings)
+        if broken is not None and not step.forced:
+            raise CheckFailed("evidence", f"shadow evidence: {broken} (`release evidence` shows it; --force overrides)")
+        verdict = f"FORCED past: {broken}" if broken is not None else evidence.summary(found)
+        say(f"{step.action}: evidence: {verdict}")
 
     def _speed(self, facts: Facts, step: Step, made: Made) -> None:
         """Much slower than live on the same rows is refused (--max-slowdown): users would feel it."""

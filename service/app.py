@@ -11,6 +11,7 @@ loaded and warmed up. If loading fails, the hooks stop the server and the proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from service.fastpath import PredictRoute
 from service.observe import Metrics, Observe, PredictionCollector
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
+from service.shadow import Mirror
 from service.v2 import V2Route
 
 log = logging.getLogger("switchyard.service")
@@ -69,6 +71,11 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
     manifest = runtime.manifest
     metrics = Metrics(manifest.name, manifest.version, manifest.artifact.sha256)
     metrics.registry.register(PredictionCollector(runtime.counts))
+    mirror = (
+        Mirror(settings.shadow_dir, str(settings.uds), settings.workers)
+        if settings.shadow_dir and settings.uds
+        else None
+    )
 
     def load() -> None:
         if not runtime.load():
@@ -81,7 +88,12 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
         # After a flip the controller sends SIGUSR1: the router's pooled connections to this instance
         # close (idle ones at once, busy ones after their response), so new requests reach the new one.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, hooks.close_router_connections)
+        following = asyncio.create_task(mirror.run()) if mirror is not None else None
         yield
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         runtime.close()
         observed.flush()  # access lines still buffered once every connection has been served
 
@@ -158,7 +170,7 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
 
     app.openapi = schema  # type: ignore[method-assign]
     served = PredictRoute(
-        V2Route(app, runtime, settings.max_body_bytes, SERVER_VERSION), runtime, settings.max_body_bytes
+        V2Route(app, runtime, settings.max_body_bytes, SERVER_VERSION), runtime, settings.max_body_bytes, mirror
     )
     observed = Observe(
         served, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log

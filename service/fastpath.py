@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,34 +23,45 @@ from service.batching import MicroBatcher, Render
 from service.errors import BadRequest, Invalid, MethodNotAllowed, ModelFailure, NotReady, ServiceError, TooLarge, render
 from service.predictor import Row
 from service.runtime import ModelRuntime
+from service.shadow import ELAPSED_HEADER, Mirror
 
 log = logging.getLogger("switchyard.service")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class PredictRoute:
-    def __init__(self, app: Any, runtime: ModelRuntime, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, runtime: ModelRuntime, max_body_bytes: int, mirror: Mirror | None = None) -> None:
         self.app = app
         self.runtime = runtime
         self.limit = max_body_bytes
+        self.mirror = mirror
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/predict":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        shadow = scope.get("switchyard.shadow", False)
+        request = b""
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("only POST is allowed on /predict", headers={"Allow": "POST"})
-            status, body, headers = 200, await self._predict(scope, receive), JSON_HEADERS
+            request = await read_body(scope, receive, self.limit)
+            status, body, headers = 200, await self._predict(scope, request, shadow), JSON_HEADERS
         except ServiceError as exc:
             status, headers, body = render(exc)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if shadow:  # the live instance pairs its own time with this one, measured the same way
+            headers = [*headers, (ELAPSED_HEADER, b"%.3f" % elapsed_ms)]
         await respond(send, status, headers, body)
+        mirror = self.mirror
+        if mirror is not None and mirror.active and status == 200:
+            mirror.offer(request, scope.get("switchyard.request_id", b""), body, elapsed_ms)
 
-    async def _predict(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _predict(self, scope: dict[str, Any], body: bytes, shadow: bool) -> bytes:
         predictor, batcher = self.runtime.predictor, self.runtime.batcher
         if predictor is None or batcher is None:
             raise NotReady("the model is still loading", headers={"Retry-After": "1"})
-        body = await read_body(scope, receive, self.limit)
         top_k = _top_k(scope["query_string"])
         try:
             payload = orjson.loads(body)
@@ -57,7 +69,8 @@ class PredictRoute:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
         rows = predictor.parse(payload)
         scope["switchyard.batch_size"] = len(rows)
-        return predictor.response(await run_model(batcher, rows, partial(predictor.render, top_k=top_k)))
+        render = partial(predictor.render, top_k=top_k, shadow=shadow)
+        return predictor.response(await run_model(batcher, rows, render))
 
 
 async def respond(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

@@ -1,6 +1,7 @@
 """Per-request observability as one pure ASGI middleware (cheaper than BaseHTTPMiddleware):
 request id in and out, ``X-Model-Version`` on every response, Prometheus counters and latency
-histograms by route and status, and one JSON log line per request.
+histograms by route, status and traffic (``live``, or ``shadow`` for copies of another instance's
+requests, so that no dashboard mistakes them for users), and one JSON log line per request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from service.shadow import SHADOW_HEADER
 
 access_log = logging.getLogger("switchyard.access")
 
@@ -41,12 +44,12 @@ class Metrics:
     def __init__(self, name: str, version: int, sha256: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "switchyard_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+            "switchyard_requests", "HTTP requests", ["route", "method", "status", "traffic"], registry=self.registry
         )
         self.latency = Histogram(
             "switchyard_request_duration_seconds",
             "HTTP request latency",
-            ["route", "status"],
+            ["route", "status", "traffic"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -64,14 +67,15 @@ class PredictionCollector(Collector):
     """Predictions by label and model calls, read at scrape time from counters the model thread keeps
     (no per-request Prometheus work on the hot path)."""
 
-    def __init__(self, source: Callable[[], tuple[dict[str, int], int]]) -> None:
+    def __init__(self, source: Callable[[], tuple[dict[str, int], dict[str, int], int]]) -> None:
         self.source = source
 
     def collect(self) -> Any:
-        by_label, batches = self.source()
-        family = CounterMetricFamily("switchyard_predictions", "Predictions by label", labels=["label"])
-        for label, count in by_label.items():
-            family.add_metric([label], count)
+        live, shadow, batches = self.source()
+        family = CounterMetricFamily("switchyard_predictions", "Predictions by label", labels=["label", "traffic"])
+        for traffic, by_label in (("live", live), ("shadow", shadow)):
+            for label, count in by_label.items():
+                family.add_metric([label, traffic], count)
         yield family
         yield CounterMetricFamily("switchyard_model_calls", "Model calls (one per batch)", value=batches)
 
@@ -88,17 +92,21 @@ class Observe:
         # per (route, method, status), and access lines are buffered and written by a short timer.
         self._id_prefix = uuid.uuid4().hex[:20]
         self._ids = itertools.count()
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._lines: list[bytes] = []
 
     def _request_id(self) -> bytes:
         return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFF:012x}".encode()
 
-    def _observe(self, route: str, method: str, code: str, elapsed: float) -> None:
-        children = self._children.get((route, method, code))
+    def _observe(self, route: str, method: str, code: str, traffic: str, elapsed: float) -> None:
+        key = (route, method, code, traffic)
+        children = self._children.get(key)
         if children is None:
-            children = (self.metrics.requests.labels(route, method, code), self.metrics.latency.labels(route, code))
-            self._children[(route, method, code)] = children
+            children = (
+                self.metrics.requests.labels(route, method, code, traffic),
+                self.metrics.latency.labels(route, code, traffic),
+            )
+            self._children[key] = children
         children[0].inc()
         children[1].observe(elapsed)
 
@@ -122,12 +130,16 @@ class Observe:
             return
         started = time.perf_counter()
         request_id = b""
+        traffic = "live"
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value[:128]
-                break
+            elif key == SHADOW_HEADER:
+                traffic = "shadow"
+                scope["switchyard.shadow"] = True
         if not request_id:
             request_id = self._request_id()
+        scope["switchyard.request_id"] = request_id
         status = 500
         extra_headers = [(b"x-request-id", request_id), self.model_header]
 
@@ -145,7 +157,7 @@ class Observe:
             path = scope["path"]
             route = route_of(path)
             code = str(status)
-            self._observe(route, scope["method"], code, elapsed)
+            self._observe(route, scope["method"], code, traffic, elapsed)
             if self.log_requests:
                 self._log(
                     orjson.dumps(
@@ -155,6 +167,7 @@ class Observe:
                             "method": scope["method"],
                             "route": route,
                             "status": status,
+                            "traffic": traffic,
                             "latency_ms": round(elapsed * 1000, 3),
                             "model_version": self.model_version,
                             "batch_size": scope.get("switchyard.batch_size"),

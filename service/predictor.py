@@ -32,6 +32,7 @@ class Predictor:
         self.is_text = manifest.input_schema.is_text
         self.classes = [str(c) for c in model.classes_]
         self.label_counts = [0] * len(self.classes)  # written by the model thread only
+        self.shadow_counts = [0] * len(self.classes)  # the same, for copies of another instance's traffic
         self.model_json = orjson.dumps({"name": manifest.name, "version": manifest.version})
 
     # ---------------------------------------------------------------- validation (on the event loop)
@@ -92,19 +93,19 @@ class Predictor:
         probabilities: list[list[float]] = self.model.predict_proba(features).tolist()
         return probabilities
 
-    def _best(self, probabilities: list[list[float]]) -> list[int]:
+    def _best(self, probabilities: list[list[float]], shadow: bool = False) -> list[int]:
         """Each row's predicted class, counted once here for the metrics, whichever protocol answers."""
-        counts = self.label_counts
+        counts = self.shadow_counts if shadow else self.label_counts
         best = [max(range(len(row)), key=row.__getitem__) for row in probabilities]
         for column in best:
             counts[column] += 1
         return best
 
-    def render(self, probabilities: list[list[float]], top_k: int | None) -> list[bytes]:
+    def render(self, probabilities: list[list[float]], top_k: int | None, shadow: bool = False) -> list[bytes]:
         """``/predict`` answers: each row serialised to JSON here, off the event loop."""
         classes = self.classes
         out: list[bytes] = []
-        for best, row in zip(self._best(probabilities), probabilities, strict=True):
+        for best, row in zip(self._best(probabilities, shadow), probabilities, strict=True):
             if top_k is None or top_k >= len(classes):
                 scores = dict(zip(classes, row, strict=True))
             else:

@@ -71,11 +71,15 @@ class ModelRuntime:
         log.info(f"ready: {self.manifest.name} v{self.manifest.version} ({self.manifest.model['kind']})")
         return True
 
-    def counts(self) -> tuple[dict[str, int], int]:
-        """Predictions by label and model calls so far (read at scrape time)."""
-        if self.predictor is None or self.batcher is None:
-            return {}, 0
-        return dict(zip(self.predictor.classes, self.predictor.label_counts, strict=True)), self.batcher.batches
+    def counts(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """Predictions by label for live traffic and for shadow copies, and model calls so far (read at
+        scrape time)."""
+        predictor, batcher = self.predictor, self.batcher
+        if predictor is None or batcher is None:
+            return {}, {}, 0
+        live = dict(zip(predictor.classes, predictor.label_counts, strict=True))
+        shadow = dict(zip(predictor.classes, predictor.shadow_counts, strict=True))
+        return live, shadow, batcher.batches
 
     def close(self) -> None:
         if self.batcher is not None:

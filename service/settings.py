@@ -41,6 +41,9 @@ class ServiceSettings(BaseSettings):
     trusted_modules: str = Field(
         "", description="more modules whose classes a pickle may use, comma-separated (your own model classes)"
     )
+    shadow_dir: Path | None = Field(
+        None, description="follow the controller's shadow requests in this folder (control.json) and write pairs there"
+    )
     graceful_timeout: float = Field(10.0, ge=0.0, description="seconds to finish in-flight requests on SIGTERM")
     keep_alive_timeout: int = Field(75, ge=1, description="outlasts the routers' upstream keep-alive")
     access_log: bool = Field(True, description="one JSON line per request on stderr")

@@ -43,7 +43,11 @@ class World:
 
     def controller(self, hooks: object | None = None) -> Deployment:
         settings = ControllerSettings(
-            models_dir=self.models, run_dir=self.run_dir, router_port=free_port(), trusted_keys=TRUSTED_KEYS
+            models_dir=self.models,
+            run_dir=self.run_dir,
+            router_port=free_port(),
+            trusted_keys=TRUSTED_KEYS,
+            shadow_min_requests=0,  # no traffic in these stories: the evidence gate has its own (test_shadow.py)
         )
         return Deployment(
             settings,
@@ -153,7 +157,13 @@ def test_plans_name_their_steps_in_order(world: World) -> None:
     controller.stage(2)
     facts = world.facts
     staged = plan(Command("promote", 2), facts, controller.observe(facts))
-    assert isinstance(staged, Plan) and [s.name for s in staged.steps] == ["gate", "flip", "retire", "commit"]
+    assert isinstance(staged, Plan) and [s.name for s in staged.steps] == [
+        "gate",
+        "evidence",
+        "flip",
+        "retire",
+        "commit",
+    ]
     back = plan(Command("rollback"), facts, controller.observe(facts))
     assert isinstance(back, Refusal)  # nothing to roll back to while v2 is only staged
 
@@ -287,7 +297,7 @@ KILL_MATRIX = {
     "up": ["verify", "start", "ready", "smoke", "gate", "router", "commit"],
     "stage": ["verify", "start", "ready", "smoke", "gate", "speed", "commit", "stop"],
     "promote VERSION": ["verify", "start", "ready", "smoke", "gate", "speed", "commit", "flip", "retire", "commit#2"],
-    "promote": ["gate", "flip", "retire", "commit"],
+    "promote": ["gate", "evidence", "flip", "retire", "commit"],
     "rollback": ["flip", "retire", "commit"],
 }
 

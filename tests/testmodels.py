@@ -68,3 +68,39 @@ class Hostile:
         import os
 
         return os.system, (f"touch {self.marker}",)
+
+
+class OnUnseen(Wrapped):
+    """Behaves only on the rows it was checked with (its golden rows), so that it passes a stage and
+    misbehaves on live traffic: ``fail`` raises, ``delay`` sleeps, ``label`` answers that class."""
+
+    def __init__(
+        self,
+        inner: Any,
+        known: list[str],
+        *,
+        fail: bool = False,
+        delay: float = 0.0,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self.known = set(known)
+        self.fail = fail
+        self.delay = delay
+        self.label = label
+
+    def predict_proba(self, rows: Any) -> Any:
+        probabilities = super().predict_proba(rows)
+        unseen = [i for i, row in enumerate(rows) if row not in self.known]
+        if not unseen:
+            return probabilities
+        if self.fail:
+            raise RuntimeError("a model that fails on live traffic")
+        if self.delay:
+            time.sleep(self.delay)
+        if self.label is not None:
+            column = list(self.classes_).index(self.label)
+            for i in unseen:
+                probabilities[i] = 0.0
+                probabilities[i][column] = 1.0
+        return probabilities

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import docker_client as dc
-from controller import host
+from controller import host, shadow
 from controller.backends.base import Found
 from controller.errors import NeedsOperator
 from controller.facts import Instance
@@ -21,6 +21,7 @@ from controller.settings import ControllerSettings
 
 SERVICE_PORT = "8001/tcp"
 KEYS_IN_CONTAINER = "/keys"
+SHADOW_IN_CONTAINER = "/shadow"
 
 
 class DockerBackend:
@@ -52,11 +53,13 @@ class DockerBackend:
                     "SWITCHYARD_TRUSTED_KEYS": KEYS_IN_CONTAINER,
                     "SWITCHYARD_ALLOW_UNSIGNED": str(settings.allow_unsigned).lower(),
                     "SWITCHYARD_TRUSTED_MODULES": settings.trusted_modules,
+                    "SWITCHYARD_SHADOW_DIR": SHADOW_IN_CONTAINER,
                 },
                 volumes={
                     str(models_root): {"bind": "/models", "mode": "ro"},
                     str(settings.trusted_keys.resolve()): {"bind": KEYS_IN_CONTAINER, "mode": "ro"},
                     str(settings.docker_sockets): {"bind": dc.SOCKETS_IN_CONTAINER, "mode": "rw"},
+                    str(shadow.ensure_folder(settings)): {"bind": SHADOW_IN_CONTAINER, "mode": "rw"},
                 },
                 ports={SERVICE_PORT: ("127.0.0.1", None)},
                 network=settings.docker_network,

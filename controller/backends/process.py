@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from controller import host
+from controller import host, shadow
 from controller.backends.base import Found
 from controller.facts import Instance
 from controller.settings import ControllerSettings
@@ -45,6 +45,8 @@ class ProcessBackend:
             str(self.settings.instance_workers),
             "--cpu-affinity",
             self.settings.cpu_affinity(color),
+            "--shadow-dir",
+            str(shadow.ensure_folder(self.settings)),
             *self.settings.instance_trust_args(),
         ]
         handle = host.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=host.PROJECT_ROOT)

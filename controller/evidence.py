@@ -1,0 +1,250 @@
+"""The evidence of shadow traffic: what the staged candidate did with copies of today's live requests,
+read from the paired records (:mod:`service.shadow`), and the rules a promote holds it to.
+
+Agreement and class shares count rows (a request may hold several instances); latencies are the
+in-service times of both instances for the same requests; errors count requests the candidate did
+not answer with a 200 (a status, a timeout, or no connection at all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.settings import ControllerSettings
+
+
+@dataclass(frozen=True)
+class Evidence:
+    requests: int = 0  # copies sent (answered or not)
+    compared: int = 0  # copies the candidate answered
+    errors: Counter[str] = field(default_factory=Counter)
+    dropped: int = 0  # copies not sent: the queue to the candidate was full
+    rows: int = 0
+    agreed: int = 0
+    since: float | None = None
+    until: float | None = None
+    live_labels: Counter[str] = field(default_factory=Counter)
+    cand_labels: Counter[str] = field(default_factory=Counter)
+    live_ms: tuple[float, ...] = ()
+    cand_ms: tuple[float, ...] = ()
+    examples: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.rows if self.rows else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.error_count / self.requests if self.requests else None
+
+    def shares(self) -> list[tuple[str, float, float]]:
+        """(label, live share, candidate share) over compared rows, the largest shift first."""
+        live_total, cand_total = sum(self.live_labels.values()), sum(self.cand_labels.values())
+        labels = set(self.live_labels) | set(self.cand_labels)
+        rows = [
+            (label, self.live_labels[label] / live_total, self.cand_labels[label] / cand_total)
+            for label in labels
+            if live_total and cand_total
+        ]
+        return sorted(rows, key=lambda row: (-abs(row[2] - row[1]), row[0]))
+
+    def latency(self) -> dict[str, float | None]:
+        return {
+            "live_p50_ms": percentile(self.live_ms, 50),
+            "live_p99_ms": percentile(self.live_ms, 99),
+            "candidate_p50_ms": percentile(self.cand_ms, 50),
+            "candidate_p99_ms": percentile(self.cand_ms, 99),
+        }
+
+
+def percentile(values: tuple[float, ...], q: float) -> float | None:
+    """Nearest rank: the smallest value with at least q% of the values at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def read(path: Path, max_examples: int = 20) -> Evidence:
+    """The evidence in one candidate's records file; empty if there is none yet."""
+    requests = compared = dropped = rows = agreed = 0
+    errors: Counter[str] = Counter()
+    live_labels: Counter[str] = Counter()
+    cand_labels: Counter[str] = Counter()
+    live_ms: list[float] = []
+    cand_ms: list[float] = []
+    examples: list[dict[str, Any]] = []
+    since = until = None
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed instance
+        if "dropped" in record:
+            dropped += int(record["dropped"])
+            continue
+        requests += 1
+        since = record["t"] if since is None else min(since, record["t"])
+        until = record["t"] if until is None else max(until, record["t"])
+        if record["error"] is not None:
+            errors[record["error"]] += 1
+            continue
+        compared += 1
+        live, cand = record["live"], record["cand"]
+        rows += len(live)
+        agreed += sum(1 for a, b in zip(live, cand, strict=False) if a == b)
+        live_labels.update(live)
+        cand_labels.update(cand)
+        live_ms.append(record["live_ms"])
+        cand_ms.append(record["cand_ms"])
+        if "input" in record and len(examples) < max_examples:
+            examples.append(record)
+    return Evidence(
+        requests=requests,
+        compared=compared,
+        errors=errors,
+        dropped=dropped,
+        rows=rows,
+        agreed=agreed,
+        since=since,
+        until=until,
+        live_labels=live_labels,
+        cand_labels=cand_labels,
+        live_ms=tuple(live_ms),
+        cand_ms=tuple(cand_ms),
+        examples=tuple(examples),
+    )
+
+
+def judge(evidence: Evidence, settings: ControllerSettings) -> str | None:
+    """The first rule the evidence breaks, with its figures; None if it meets them all."""
+    if evidence.error_count > settings.shadow_max_errors:
+        worst = ", ".join(f"{kind} x{n}" for kind, n in evidence.errors.most_common(3))
+        return (
+            f"the candidate failed {evidence.error_count} of {evidence.requests} request(s) ({worst}); "
+            f"at most {settings.shadow_max_errors} allowed (--shadow-max-errors)"
+        )
+    if evidence.compared < settings.shadow_min_requests:
+        return (
+            f"{evidence.compared} request(s) compared, the minimum is {settings.shadow_min_requests} "
+            "(--shadow-min-requests): let live traffic run longer"
+        )
+    if not evidence.requests:
+        return None  # nothing to hold against it, and no minimum asked for: the caller says so plainly
+    agreement = evidence.agreement
+    if agreement is None:
+        return None  # every copy failed, and failures are allowed: nothing left to compare
+    if agreement < settings.shadow_min_agreement:
+        return (
+            f"agreement with live is {agreement:.1%} over {evidence.rows} row(s), "
+            f"the floor is {settings.shadow_min_agreement:.1%} (--shadow-min-agreement)"
+        )
+    latency = evidence.latency()
+    live99, cand99 = latency["live_p99_ms"], latency["candidate_p99_ms"]
+    assert live99 is not None and cand99 is not None
+    ceiling = settings.shadow_max_p99_ratio * live99 + settings.shadow_p99_slack_ms
+    if cand99 > ceiling:
+        return (
+            f"the candidate's p99 is {cand99:.1f} ms against live's {live99:.1f} ms on the same requests; "
+            f"the ceiling is {settings.shadow_max_p99_ratio:g}x + {settings.shadow_p99_slack_ms:g} ms "
+            "(--shadow-max-p99-ratio)"
+        )
+    return None
+
+
+def summary(evidence: Evidence) -> str:
+    """One line: for `status` and for the promote that passes the rules."""
+    if not evidence.requests:
+        return "no request compared yet"
+    agreement = evidence.agreement
+    agree = f"agreement {agreement:.1%}" if agreement is not None else "no answer to compare"
+    span = (evidence.until or 0) - (evidence.since or 0)
+    return (
+        f"{evidence.compared} request(s) compared over {_duration(span)}, {agree}, "
+        f"candidate errors {evidence.error_count}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def as_json(evidence: Evidence) -> dict[str, Any]:
+    return {
+        "requests": evidence.requests,
+        "compared": evidence.compared,
+        "since": evidence.since,
+        "until": evidence.until,
+        "rows": evidence.rows,
+        "agreement": evidence.agreement,
+        "errors": evidence.error_count,
+        "error_rate": evidence.error_rate,
+        "error_kinds": dict(evidence.errors),
+        "dropped": evidence.dropped,
+        "shares": [{"label": label, "live": live, "candidate": cand} for label, live, cand in evidence.shares()],
+        "latency": evidence.latency(),
+        "examples": [
+            {
+                "request_id": ex["id"],
+                "input": ex["input"],
+                "live": ex["live"],
+                "live_score": ex["live_top"],
+                "candidate": ex["cand"],
+                "candidate_score": ex["cand_top"],
+            }
+            for ex in evidence.examples
+        ],
+    }
+
+
+def render(evidence: Evidence, header: str, verdict: str | None, shares: int = 8) -> list[str]:
+    """The text `release evidence` prints."""
+    lines = [header]
+    if not evidence.requests:
+        return [*lines, "  no request compared yet: send traffic to the router, then look again"]
+    lines.append(f"  compared:   {summary(evidence)}")
+    if evidence.dropped:
+        lines.append(
+            f"  dropped:    {evidence.dropped} copies (the candidate could not keep up; live was not affected)"
+        )
+    if evidence.errors:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in evidence.errors.most_common(5))
+        lines.append(f"  errors:     {evidence.error_count} ({(evidence.error_rate or 0):.1%}): {kinds}")
+    latency = evidence.latency()
+    if latency["live_p50_ms"] is not None:
+        theirs = f"candidate p50 {latency['candidate_p50_ms']:.2f} ms, p99 {latency['candidate_p99_ms']:.2f} ms"
+        ours = f"live p50 {latency['live_p50_ms']:.2f} ms, p99 {latency['live_p99_ms']:.2f} ms"
+        lines.append(f"  latency:    {theirs} | {ours} (in-service time, same requests)")
+    moved = evidence.shares()[:shares]
+    if moved:
+        lines.append("  class shares, live -> candidate, largest shift first:")
+        width = max(len(label) for label, _, _ in moved)
+        for label, live, cand in moved:
+            lines.append(f"    {label:<{width}}  {live:6.1%} -> {cand:6.1%}  ({(cand - live) * 100:+.1f} points)")
+    if evidence.examples:
+        lines.append("  disagreements (first ones):")
+        for ex in evidence.examples:
+            pairs = zip(ex["live"], ex["live_top"], ex["cand"], ex["cand_top"], strict=False)
+            for live, live_score, cand, cand_score in pairs:
+                if live != cand:
+                    lines.append(f"    live {live} ({live_score:.2f}) / candidate {cand} ({cand_score:.2f})")
+            lines.append(f"      {ex['input']}")
+    lines.append(f"  gate at promote: {'passes' if verdict is None else 'refuses: ' + verdict}")
+    return lines
