@@ -144,7 +144,11 @@ class Mirror:
 
     def _start(self, control: Control) -> None:
         path = self.folder / control.records
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:  # the controller's warning says copying did not start; live goes on
+            log.warning(f"shadow: cannot write {path}: {exc.strerror}; not mirroring")
+            return
         self._written = self._examples = self._dropped = 0
         self._tokens, self._refilled = 0.0, time.monotonic()
         self._queue = asyncio.Queue(QUEUE_SIZE)

@@ -72,6 +72,7 @@ def deployment(images: dict[str, str], models: Path) -> Iterator[tuple[Release, 
     }
     release = Release(scratch / "models", scratch / "run", "auto", free_port())
     env["SWITCHYARD_ROUTER_PORT"] = str(release.port)
+    env["SWITCHYARD_RUN_DIR"] = str(release.run_dir)  # compose mounts its shadow folder
     yield release, env
     release("down", check=False, **env)
     compose(env, project, "down", "--remove-orphans", check=False)
@@ -178,3 +179,23 @@ def test_a_container_that_fails_its_checks_is_refused_and_removed(deployment: tu
 
     release("down", **env)  # and nothing is left behind: not even the network the backend created
     assert not _engine().networks.list(names=[env["SWITCHYARD_DOCKER_NETWORK"]])
+
+
+def test_shadow_traffic_between_containers(deployment: tuple[Release, dict[str, str]]) -> None:
+    release, env = deployment
+    release("up", "sample", "1", **env)
+    release("stage", "2", SWITCHYARD_SHADOW_MIN_REQUESTS="40", **env)
+    with httpx.Client(timeout=10) as client:
+        for i in range(40):
+            body = {"description": f"{ENERGY['description']} Request {i}."}
+            assert client.post(release.url + "/predict", json=body).headers["x-model-version"] == "sample/1"
+    deadline = time.monotonic() + 60
+    while (found := json.loads(release("evidence", "--json", **env).stdout))["requests"] < 40:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.3)
+    assert found["compared"] == 40 and found["errors"] == 0 and found["gate"]["passes"]
+    (records,) = (release.run_dir / "shadow").glob("*.jsonl")
+    assert records.stat().st_mode & 0o077 == 0  # owner-only, written by the container's user
+    out = release("promote", SWITCHYARD_SHADOW_MIN_REQUESTS="40", **env)
+    assert "evidence: 40 request(s) compared" in out.stderr
+    assert release.serving() == "sample/2"
