@@ -150,7 +150,8 @@ class Mirror:
             log.warning(f"shadow: cannot write {path}: {exc.strerror}; not mirroring")
             return
         self._written = self._examples = self._dropped = 0
-        self._tokens, self._refilled = 0.0, time.monotonic()
+        # A full bucket: a burst of one second's worth, then the rate.
+        self._tokens, self._refilled = max(control.rate * self.share, 1.0), time.monotonic()
         self._queue = asyncio.Queue(QUEUE_SIZE)
         self._tasks = [asyncio.create_task(self._sender(control)) for _ in range(SENDERS)]
         self.control = control
