@@ -6,7 +6,9 @@
 - Upstreams are unix sockets with a small keep-alive pool each. A pooled connection the instance has
   just closed is retried once on a fresh connection, but only if no byte of a response had arrived
   (the request cannot have been processed twice in a way the client sees).
-- The admin endpoint (``GET``/``PUT /upstream``) listens on 127.0.0.1 only and wants the bearer token.
+- A canary: ``weight`` percent of requests (each drawn at random) go to the ``canary`` upstream.
+- The admin endpoint (``GET``/``PUT /upstream``: ``{"upstream": S, "canary": S or null, "weight": 0-100}``)
+  listens on 127.0.0.1 only and wants the bearer token.
 - SIGTERM: stop accepting, let in-flight requests finish (bounded), exit 0.
 """
 
@@ -18,6 +20,7 @@ import contextlib
 import hmac
 import json
 import os
+import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,8 @@ async def _read_body(reader: asyncio.StreamReader, headers: Headers, limit: int)
 class Proxy:
     def __init__(self, upstream: str | None, token: str) -> None:
         self.upstream = upstream
+        self.canary: str | None = None
+        self.weight = 0  # percent of requests to the canary
         self.token = token
         self.pools: dict[str, list[Conn]] = {}
         self.in_flight = 0
@@ -142,7 +147,7 @@ class Proxy:
 
     def _release(self, upstream: str, conn: Conn) -> None:
         pool = self.pools.setdefault(upstream, [])
-        if upstream == self.upstream and len(pool) < POOL_SIZE:
+        if upstream in (self.upstream, self.canary) and len(pool) < POOL_SIZE:
             pool.append(conn)
         else:
             conn[1].close()
@@ -177,6 +182,8 @@ class Proxy:
         self, method: bytes, target: bytes, headers: Headers, body: bytes, peer: str
     ) -> tuple[int, Headers, bytes]:
         upstream = self.upstream
+        if self.canary is not None and random.random() * 100 < self.weight:
+            upstream = self.canary
         if upstream is None:
             return _error(503, "no_upstream", "the router has no upstream yet")
         out = [method + b" " + target + b" HTTP/1.1"]
@@ -267,6 +274,9 @@ class Proxy:
 
     # ------------------------------------------------------------------ admin side
 
+    def _routing(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "canary": self.canary, "weight": self.weight}
+
     async def handle_admin(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await _read_head(reader)
@@ -282,17 +292,22 @@ class Proxy:
             elif target != b"/upstream":
                 status, out = 404, {"error": {"code": "not_found", "message": "only /upstream lives here"}}
             elif method == b"GET":
-                status, out = 200, {"upstream": self.upstream}
+                status, out = 200, self._routing()
             elif method == b"PUT":
-                upstream = json.loads(body).get("upstream")
+                wanted = json.loads(body)
+                upstream, canary, weight = wanted.get("upstream"), wanted.get("canary"), wanted.get("weight", 0)
                 if not isinstance(upstream, str) or not upstream.startswith("/"):
                     status, out = 422, {"error": {"code": "invalid", "message": "upstream must be a socket path"}}
+                elif canary is not None and not (isinstance(canary, str) and canary.startswith("/")):
+                    status, out = 422, {"error": {"code": "invalid", "message": "canary must be a socket path"}}
+                elif not isinstance(weight, int) or not 0 <= weight <= 100:
+                    status, out = 422, {"error": {"code": "invalid", "message": "weight must be 0 to 100"}}
                 else:
-                    self.upstream = upstream
-                    for path in [p for p in self.pools if p != upstream]:
+                    self.upstream, self.canary, self.weight = upstream, canary, weight if canary else 0
+                    for path in [p for p in self.pools if p not in (upstream, canary)]:
                         for _, idle in self.pools.pop(path):
                             idle.close()
-                    status, out = 200, {"upstream": self.upstream}
+                    status, out = 200, self._routing()
             else:
                 status, out = 405, {"error": {"code": "method_not_allowed", "message": "GET or PUT"}}
             payload = json.dumps(out).encode()

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from artifact.manifest import Manifest
-from controller import adopt, evidence, lock, notify, registry, repair, shadow, view
+from controller import adopt, agent, evidence, lock, notify, registry, repair, shadow, view
 from controller.backends import make_backend
 from controller.backends.base import Backend
 from controller.errors import CheckFailed, StateError
-from controller.facts import Facts, Shadow
+from controller.facts import Event, Facts, Shadow
 from controller.notify import Notifier
 from controller.phase import Observed
 from controller.planner import Command, Made, Plan, Refusal, plan
@@ -51,6 +51,7 @@ class Deployment:
         hooks: Hooks | None = None,
         say: Say = _stderr,
         actor: str | None = None,
+        start_agent: Callable[[Facts], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend or make_backend(settings)
@@ -64,6 +65,7 @@ class Deployment:
         self.hooks = hooks or NoHooks()
         self.say = say
         self.notifier = Notifier(notify.urls(settings.notify, settings.run_dir), settings.console_url, say)
+        self.start_agent = start_agent or (lambda facts: agent.ensure(settings, facts))
 
     def seams(self, facts: Facts) -> Seams:
         kind = facts.router.kind if facts.router else self._default_router_kind()
@@ -83,7 +85,10 @@ class Deployment:
 
     # ------------------------------------------------------------------ commands
 
-    def up(self, name: str, version: int) -> str:
+    def up(self, name: str | None = None, version: int | None = None) -> str:
+        """Without a name, restore what the facts describe (after a reboot, say): the same as heal."""
+        if name is None or version is None:
+            return self.heal()
         return self.execute(Command("up", version, model=name))
 
     def stage(self, version: int, *, force: bool = False, shadow: Shadow | None = None) -> str:
@@ -93,11 +98,42 @@ class Deployment:
             shadow = Shadow(settings.shadow_percent, settings.shadow_rate)
         return self.execute(Command("stage", version, force=force, shadow=shadow))
 
-    def promote(self, version: int | None = None, *, force: bool = False) -> str:
-        return self.execute(Command("promote", version, force=force))
+    def promote(
+        self,
+        version: int | None = None,
+        *,
+        force: bool = False,
+        canary: tuple[int, ...] = (),
+        step_seconds: float | None = None,
+        watch_seconds: float | None = None,
+    ) -> str:
+        settings = self.settings
+        return self.execute(
+            Command(
+                "promote",
+                version,
+                force=force,
+                canary=canary,
+                step_seconds=settings.step_seconds if step_seconds is None else step_seconds,
+                watch_seconds=settings.watch_seconds if watch_seconds is None else watch_seconds,
+            )
+        )
 
-    def rollback(self) -> str:
-        return self.execute(Command("rollback"))
+    def rollback(self, reason: str = "", *, automatic: bool = False) -> str:
+        return self.execute(Command("rollback", reason=reason, automatic=automatic))
+
+    def abort(self, reason: str = "") -> str:
+        """Every request back to the stable slot at once: a canary ends, a watched deploy is rolled back."""
+        return self.execute(Command("abort", reason=reason))
+
+    def advance(self, reason: str = "") -> str:
+        return self.execute(Command("advance", reason=reason))
+
+    def conclude(self, reason: str) -> str:
+        return self.execute(Command("conclude", reason=reason))
+
+    def heal(self) -> str:
+        return self.execute(Command("heal"))
 
     def down(self) -> str:
         return self.execute(Command("down"))
@@ -129,6 +165,8 @@ class Deployment:
             # `down` stops everything, whatever an interrupted command left: nothing to repair first.
             facts = stored if command.name == "down" else repair.repair(stored, self.seams(stored))
             self._follow_shadow(facts)
+            if command.name != "down" and self.start_agent(facts):
+                self.store.record(Event("repair", "repaired", reason="the agent was not running; started it again"))
             decision = plan(command, facts, self.observe(facts))
             if isinstance(decision, Refusal):
                 if decision.event is not None:
@@ -146,7 +184,9 @@ class Deployment:
             else:
                 message = self._summary(decision, facts, after, made)
             finally:
-                self._follow_shadow(self._settled(facts))
+                settled = self._settled(facts)
+                self._follow_shadow(settled)
+                self.start_agent(settled)
         if refused is not None:  # the lock is released: a slow webhook must not hold up the next command
             self._notify("gate_refused", "/compare", facts, command.version, reason=refused.reason)
             raise refused
@@ -184,6 +224,12 @@ class Deployment:
         last = plan.steps[-1]
         live = after.slot(after.active)
         assert live is not None or last.action == "down"
+        if last.name == "ensure-router" and last.action == "heal":
+            assert live is not None and after.router is not None
+            restarted = [f"v{s.version} in {s.color}" for s in plan.steps if s.name == "commit"]
+            what = f"restarted {', '.join(restarted)}" if restarted else "everything runs"
+            done = "; ".join([what, *made.notes])
+            return f"heal: {after.name} v{live.version} is live at {after.router.url}/predict ({done})"
         if last.name == "ensure-router":
             assert live is not None and after.router is not None
             notes = [*made.notes, *plan.notes]
@@ -209,9 +255,31 @@ class Deployment:
                 f"stage: {after.name} v{staged.version} is staged in {staged.color} at {staged.url} "
                 f"(preview); live traffic still goes to v{live.version}{copies}"
             )
+        rollout = after.rollout
+        if last.action == "canary":
+            assert rollout is not None and live is not None
+            canary = after.slots[rollout.color]
+            rest = " -> ".join(f"{w}%" for w in rollout.steps[rollout.step + 1 :])
+            return (
+                f"canary: {after.name} v{canary.version} ({canary.color}) takes {rollout.weight}% of live traffic; "
+                f"the agent moves it on to {rest}, a step every {rollout.step_seconds:g} s at least while the "
+                "analysis passes; `release abort` sends every request back to "
+                f"v{live.version}"
+            )
+        if last.action in ("abort", "watch"):
+            assert live is not None
+            return f"{last.action}: {after.name} v{live.version} ({live.color}) takes all live traffic; {last.reason}"
         old = before.slot(before.active)
         assert live is not None and old is not None and after.router is not None
         said = "".join(f"; {note}" for note in plan.notes)
+        if rollout is not None and rollout.kind == "watch":
+            said += (
+                f"; the agent watches it for {rollout.watch_seconds:g} s and rolls back by itself on errors, "
+                "latency or a shift in its predictions"
+            )
+        if last.parked:
+            said = f"; v{old.version} stays parked (staged) in {old.color}, out of traffic"
+            return f"{last.action}: {after.name} v{live.version} ({live.color}) is live again{said}; {last.reason}"
         return (
             f"{last.action}: {after.name} v{live.version} ({live.color}) is live at {after.router.url}; "
             f"v{old.version} ({old.color}) keeps running as the rollback target{said}"
@@ -225,7 +293,14 @@ class Deployment:
             facts, problem = self.store.load(), None
         except StateError as exc:
             facts, problem = Facts(), str(exc)
-        status = view.status(facts, self.observe(facts), self.seams(facts), self.settings.run_dir)
+        seams = self.seams(facts)
+        status = view.status(facts, self.observe(facts), seams, self.settings.run_dir)
+        status["agent"] = {
+            "needed": agent.needed(self.settings, facts),
+            "running": agent.handle(self.settings) is not None,
+            "supervise": self.settings.supervise,
+        }
+        status["rollout"] = view.rollout(facts, seams)
         candidate = facts.slot(facts.staged)
         found: str | None = None
         if candidate is not None and facts.shadow is not None:

@@ -56,6 +56,23 @@ class Shadow:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A canary in progress, or the watch after a deploy: what the agent analyses and acts on."""
+
+    kind: str  # canary | watch
+    color: str  # the new version's slot: the canary's, or (watching) the new live one
+    started_at: float = 0.0  # when the current canary step, or the watch, began (wall clock)
+    steps: tuple[int, ...] = ()  # canary weights in percent; the last is 100
+    step: int = 0  # the current canary step
+    step_seconds: float = 60.0
+    watch_seconds: float = 0.0  # the watch after the deploy; 0: none
+
+    @property
+    def weight(self) -> int:
+        return self.steps[self.step] if self.kind == "canary" else 100
+
+
+@dataclass(frozen=True)
 class Router:
     kind: str  # nginx | builtin | docker-nginx
     host: str
@@ -78,6 +95,7 @@ class Facts:
     router: Router | None = None
     op: Op | None = None
     shadow: Shadow | None = None  # while a candidate is staged with shadow traffic
+    rollout: Rollout | None = None  # a canary in progress, or the watch after a deploy
 
     def replace(self, **changes: Any) -> Facts:
         return dataclasses.replace(self, **changes)
@@ -119,4 +137,5 @@ def decode(body: str) -> Facts:
         router=router,
         op=op,
         shadow=Shadow(**raw["shadow"]) if raw.get("shadow") else None,  # older state files have none
+        rollout=Rollout(**{**raw["rollout"], "steps": tuple(raw["rollout"]["steps"])}) if raw.get("rollout") else None,
     )

@@ -6,8 +6,9 @@ Derivation order (first match wins):
 2. Absent: nothing is live.
 3. Degraded: the live slot is down or not ready, the router is down or points elsewhere, a staged slot
    is not ready, or stray instances run.
-4. Staged: a checked candidate waits at its preview address.
-5. Healthy: the router serves the live slot.
+4. Canary: a candidate takes a share of live traffic, step by step.
+5. Staged: a checked candidate waits at its preview address.
+6. Healthy: the router serves the live slot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Phase(StrEnum):
     STAGED = "Staged"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    CANARY = "Canary"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ def derive_phase(facts: Facts, observed: Observed) -> tuple[Phase, str]:
         return Phase.DEGRADED, f"the staged slot {_describe(facts, facts.staged)} is not ready"
     if observed.strays:
         return Phase.DEGRADED, f"{observed.strays} stray process(es) run that no slot accounts for"
+    rollout = facts.rollout
+    if rollout is not None and rollout.kind == "canary":
+        return Phase.CANARY, (
+            f"{_describe(facts, rollout.color)} takes {rollout.weight}% of live traffic (step {rollout.step + 1} "
+            f"of {len(rollout.steps)}); {live} takes the rest"
+        )
     if facts.staged:
         return Phase.STAGED, f"{_describe(facts, facts.staged)} is staged; {live} is live"
     reason = f"{live} is live"
@@ -82,13 +90,27 @@ def derive_phase(facts: Facts, observed: Observed) -> tuple[Phase, str]:
     return Phase.HEALTHY, reason
 
 
-COMMANDS = ("up", "stage", "promote", "promote VERSION", "rollback", "status", "history", "down")
+COMMANDS = (
+    "up",
+    "stage",
+    "promote",
+    "promote VERSION",
+    "rollback",
+    "abort",
+    "advance",
+    "conclude",
+    "heal",
+    "status",
+    "history",
+    "down",
+)
 READ_ONLY = frozenset({"status", "history"})
 
 ALLOWED: dict[Phase, frozenset[str]] = {
-    Phase.ABSENT: frozenset({"up", "status", "history", "down"}),
-    Phase.HEALTHY: frozenset(COMMANDS) - {"promote"},
-    Phase.STAGED: frozenset(COMMANDS),
+    Phase.ABSENT: frozenset({"up", "status", "history", "down", "heal"}),
+    Phase.HEALTHY: frozenset(COMMANDS) - {"promote", "advance"},
+    Phase.STAGED: frozenset(COMMANDS) - {"advance"},
+    Phase.CANARY: frozenset(COMMANDS) - {"stage", "promote VERSION", "conclude"},
     Phase.DEGRADED: frozenset(COMMANDS),  # each command repairs what it can before it acts
     Phase.PROGRESSING: frozenset({"status", "history", "down"}),  # the others repair first, then re-check
 }
@@ -101,6 +123,8 @@ HINTS: dict[tuple[Phase, str], str] = {
     (Phase.HEALTHY, "promote"): (
         "nothing is staged and no VERSION given; run `release.py stage VERSION` or `release.py promote VERSION`"
     ),
+    (Phase.CANARY, "stage"): "a canary is in progress; `release abort` ends it first",
+    (Phase.CANARY, "promote VERSION"): "a canary is in progress; `release promote` completes it, `abort` ends it",
 }
 
 

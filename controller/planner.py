@@ -18,6 +18,8 @@ Steps, in the order a plan may hold them:
     evidence its shadow-traffic evidence against the rules (promote) journaled
     speed    its latency against live's on the same rows (stage)   journaled
     router   start the router in front of it (``up`` only)         journaled
+    weigh    give the canary slot its share of live traffic (0: none) (idempotent; repair re-applies)
+    failover send traffic to the other slot while the live one restarts (heal)
     flip     point the router at the target slot                  journaled: a crash rolls forward
     retire   the old slot closes the router's pooled connections   (or back, by where the router points)
     commit   write the new facts and the history line
@@ -26,10 +28,11 @@ Steps, in the order a plan may hold them:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from controller.errors import NeedsOperator, Refused, SwitchyardError, UsageError
-from controller.facts import Event, Facts, Instance, Op, Router, Shadow, other
+from controller.facts import Event, Facts, Instance, Op, Rollout, Router, Shadow, other
 from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
 
 JOURNALED = frozenset({"start", "ready", "smoke", "gate", "evidence", "speed", "router", "flip"})
@@ -42,6 +45,11 @@ class Command:
     model: str | None = None  # up: the model's name
     force: bool = False
     shadow: Shadow | None = None  # stage: copies of live traffic for the candidate
+    canary: tuple[int, ...] = ()  # promote: the canary's weights, step by step
+    step_seconds: float = 60.0
+    watch_seconds: float = 0.0  # promote: the watch after the deploy
+    reason: str = ""  # what the agent decided, for the history line
+    automatic: bool = False  # rollback by the agent: the failed version is parked, not the rollback target
 
     @property
     def table_name(self) -> str:
@@ -58,6 +66,10 @@ class Step:
     handle: str | None = None  # stop / stop-router: what to stop
     forced: bool = False
     shadow: Shadow | None = None  # a stage's commit: the candidate's shadow traffic
+    weight: int = 0  # weigh: the canary's share in percent
+    rollout: Rollout | None = None  # a commit's new rollout (its start time is the commit's)
+    reason: str = ""  # a commit's history reason, when a person or the agent gave one
+    parked: bool = False  # an automatic rollback's commit: the failed slot stays, staged, out of traffic
 
 
 @dataclass(frozen=True)
@@ -96,8 +108,16 @@ def plan(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
         return _stage_or_refuse(command, facts, observed)
     if command.name == "promote":
         return _promote(command, facts, observed)
-    if command.name == "rollback":
-        return _rollback(facts, observed)
+    if command.name == "rollback" and not (facts.rollout and facts.rollout.kind == "canary"):
+        return _rollback(facts, observed, command)
+    if command.name in ("abort", "rollback"):
+        return _abort(command, facts, observed)
+    if command.name == "advance":
+        return _advance(command, facts)
+    if command.name == "conclude":
+        return _conclude(command, facts)
+    if command.name == "heal":
+        return _heal(facts, observed)
     if command.name == "down":
         return _down(facts, observed)
     raise ValueError(f"no plan for {command.name!r}")
@@ -180,7 +200,13 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
     return steps
 
 
-def _flip(action: str, facts: Facts, target: str, version: int, force: bool) -> list[Step]:
+def _watch(command: Command, color: str) -> Rollout | None:
+    return Rollout("watch", color, watch_seconds=command.watch_seconds) if command.watch_seconds > 0 else None
+
+
+def _flip(
+    action: str, facts: Facts, target: str, version: int, force: bool, rollout: Rollout | None = None
+) -> list[Step]:
     """A deploy is checked against what is live when it is made (a candidate may have been staged
     with --force, or against another live version) and against its shadow-traffic evidence; a
     rollback goes back to what was live before."""
@@ -191,7 +217,7 @@ def _flip(action: str, facts: Facts, target: str, version: int, force: bool) -> 
         *(Step(name, action, target, version, forced=force) for name in checked),
         Step("flip", action, target, version, forced=force),
         Step("retire", action, facts.active, old.version, handle=old.handle),
-        Step("commit", action, target, version, forced=force),
+        Step("commit", action, target, version, forced=force, rollout=rollout),
     ]
 
 
@@ -222,22 +248,125 @@ def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refus
             # Its gate ran in the stage, a moment ago; it has had no traffic to gather evidence from.
             idle = other(facts.active)
             note = "no shadow evidence: staged and deployed in one command (`stage` first to gather it)"
-            return Plan((*staged, *_flip("promote", facts, idle, version, force)[2:]), facts, notes=(note,))
+            flip = _flip("promote", facts, idle, version, force, _watch(command, idle))[2:]
+            return Plan((*staged, *flip), facts, notes=(note,))
+    rollout = facts.rollout
+    if rollout is not None and rollout.kind == "canary":
+        return _complete(command, facts, "completed by hand")
     if facts.staged is None:
         return Refusal(f"cannot promote: {HINTS[(Phase.HEALTHY, 'promote')]}")
     target_version = facts.slots[facts.staged].version
     unhealthy = _unhealthy("promote", facts, observed, facts.staged, force)
-    return unhealthy or Plan(tuple(_flip("promote", facts, facts.staged, target_version, force)), facts)
+    if unhealthy:
+        return unhealthy
+    if command.canary and command.canary[0] < 100:
+        steps = _flip("promote", facts, facts.staged, target_version, force)[:2]  # gate, evidence
+        canary = Rollout(
+            "canary",
+            facts.staged,
+            steps=command.canary,
+            step_seconds=command.step_seconds,
+            watch_seconds=command.watch_seconds,
+        )
+        steps += [
+            Step("weigh", "canary", facts.staged, target_version, weight=command.canary[0]),
+            Step("commit", "canary", facts.staged, target_version, forced=force, rollout=canary),
+        ]
+        return Plan(tuple(steps), facts)
+    flip = _flip("promote", facts, facts.staged, target_version, force, _watch(command, facts.staged))
+    return Plan(tuple(flip), facts)
 
 
-def _rollback(facts: Facts, observed: Observed) -> Plan | Refusal:
+def _complete(command: Command, facts: Facts, reason: str) -> Plan:
+    """The canary's last step: the full flip, then the watch if one was asked for."""
+    rollout = facts.rollout
+    assert rollout is not None and facts.active is not None
+    version = facts.slots[rollout.color].version
+    watch = _watch(dataclasses.replace(command, watch_seconds=rollout.watch_seconds), rollout.color)
+    steps = _flip("promote", facts, rollout.color, version, False, watch)[2:]
+    last = dataclasses.replace(steps[-1], action="promote", reason=f"canary {reason}: {_path(rollout)}")
+    return Plan((*steps[:-1], last), facts)
+
+
+def _path(rollout: Rollout) -> str:
+    return " -> ".join(f"{w}%" for w in rollout.steps[: rollout.step + 1]) + (
+        " -> 100%" if rollout.steps[rollout.step] < 100 else ""
+    )
+
+
+def _advance(command: Command, facts: Facts) -> Plan | Refusal:
+    rollout = facts.rollout
+    if rollout is None or rollout.kind != "canary":
+        return Refusal("cannot advance: no canary is in progress")
+    after = dataclasses.replace(rollout, step=rollout.step + 1)
+    if after.weight >= 100:
+        return _complete(command, facts, command.reason or "passed every step")
+    version = facts.slots[rollout.color].version
+    return Plan(
+        (
+            Step("weigh", "canary", rollout.color, version, weight=after.weight),
+            Step("commit", "canary", rollout.color, version, rollout=after, reason=command.reason),
+        ),
+        facts,
+    )
+
+
+def _abort(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
+    rollout = facts.rollout
+    if rollout is None:
+        return Refusal(f"cannot {command.name}: no canary or watch is in progress")
+    if rollout.kind == "watch":
+        return _rollback(facts, observed, command)
+    version = facts.slots[rollout.color].version
+    reason = command.reason or f"aborted by hand at {rollout.weight}%"
+    return Plan(
+        (
+            Step("weigh", "abort", rollout.color, version, weight=0),
+            Step("commit", "abort", rollout.color, version, reason=reason),
+        ),
+        facts,
+    )
+
+
+def _conclude(command: Command, facts: Facts) -> Plan | Refusal:
+    rollout = facts.rollout
+    if rollout is None or rollout.kind != "watch":
+        return Refusal("cannot conclude: no watch is in progress")
+    version = facts.slots[rollout.color].version
+    return Plan((Step("commit", "watch", rollout.color, version, reason=command.reason),), facts)
+
+
+def _heal(facts: Facts, observed: Observed) -> Plan | Refusal:
+    """Restart what died (the live slot first, with traffic on the other slot meanwhile if it is
+    ready), then make sure the router runs and points where the facts say."""
+    if facts.active is None:
+        return Refusal("nothing to restore: no deployment is recorded here; `release up NAME VERSION` starts one")
+    live = facts.slots[facts.active]
+    steps: list[Step] = []
+    idle = other(facts.active)
+    if not observed.alive.get(facts.active) and observed.ready.get(idle) and observed.router_alive:
+        steps.append(Step("failover", "heal", idle, facts.slots[idle].version))
+    for color in (facts.active, idle):
+        slot = facts.slot(color)
+        if slot is not None and not observed.alive.get(color):
+            steps += [Step(name, "heal", color, slot.version) for name in ("verify", "start", "ready")]
+            steps.append(Step("commit", "heal", color, slot.version))
+    steps.append(Step("ensure-router", "heal", facts.active, live.version))
+    return Plan(tuple(steps), facts)
+
+
+def _rollback(facts: Facts, observed: Observed, command: Command) -> Plan | Refusal:
     target = facts.previous
     if target is None or facts.slot(target) is None:
         held = f"; {facts.staged} holds the staged v{_version(facts, facts.staged)}" if facts.staged else ""
         return Refusal(f"cannot rollback: there is no previous slot to flip back to{held}")
     version = facts.slots[target].version
     unhealthy = _unhealthy("rollback", facts, observed, target, False)
-    return unhealthy or Plan(tuple(_flip("rollback", facts, target, version, False)), facts)
+    if unhealthy:
+        return unhealthy
+    steps = _flip("rollback", facts, target, version, False)
+    last = dataclasses.replace(steps[-1], reason=command.reason, parked=command.automatic)
+    return Plan((*steps[:-1], last), facts)
 
 
 def _down(facts: Facts, observed: Observed) -> Plan:
@@ -276,4 +405,15 @@ def leaves(step: Step, facts: Facts, made: Made) -> Facts:
         )
     if step.action == "down":
         return Facts()
-    return facts.replace(active=step.color, previous=facts.active, staged=None, op=None, shadow=None)
+    if step.action == "canary":
+        return facts.replace(rollout=step.rollout, shadow=None, op=None)
+    if step.action in ("abort", "watch"):
+        return facts.replace(rollout=None, op=None)  # an aborted canary stays staged, out of traffic
+    if step.action == "heal":
+        assert step.color is not None and made.candidate is not None
+        return facts.replace(slots={**facts.slots, step.color: made.candidate}, op=None)
+    if step.parked:  # the failed version keeps its slot, staged and out of traffic; nothing to roll back to
+        return facts.replace(active=step.color, previous=None, staged=facts.active, op=None, shadow=None, rollout=None)
+    return facts.replace(
+        active=step.color, previous=facts.active, staged=None, op=None, shadow=None, rollout=step.rollout
+    )

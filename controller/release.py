@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """release.py: blue/green releases of model versions behind one stable address.
 
-  up NAME VERSION     start the router and the first instance (idempotent)
+  up NAME VERSION     start the router and the first instance (idempotent); with no arguments, restore
+                      what the state describes (after a reboot, say)
   stage VERSION       the release: start VERSION in the idle slot, check it, leave it at a preview address
   promote [VERSION]   the deploy: flip the router to the staged slot (with VERSION: stage it first)
   rollback            flip back to the previous slot, which is still running
+  abort               end a canary (or roll back a watched deploy): every request to the stable slot
+  heal                restart what died (router, instances) and point the router where the state says
   evidence            what the staged candidate did with copies of live traffic (shadow)
   status              what runs, checked against reality (--json for scripts)
   history             every stage / promote / rollback / failure
   down                stop everything this deployment started
   check NAME VERSION --url URL     the checks of a stage, on an instance something else runs
   render kubernetes NAME VERSION   manifests and a script for blue/green on a Kubernetes cluster
+  render systemd                   a unit that restores this deployment at boot
   users add|list|remove            console accounts (viewer or deployer)
   console                          the deploy console, a web page (--host, --port, --detach)
 
@@ -107,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=helptext, description=helptext, parents=[common])
 
     up = add("up", "start the router on a stable port and the first instance; idempotent")
-    up.add_argument("name", help="model name in the registry, e.g. industry")
-    up.add_argument("version", help="version number, or 'latest'")
+    up.add_argument("name", nargs="?", help="model name in the registry, e.g. industry (none: restore)")
+    up.add_argument("version", nargs="?", help="version number, or 'latest'")
     up.add_argument(
         "--console", type=int, metavar="PORT", help="also start the deploy console, detached, on 127.0.0.1:PORT"
     )
@@ -127,8 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="deploy even if the evaluation gate or the shadow evidence says no"
     )
     _typed(promote, "shadow evidence rules", EVIDENCE_RULES)
+    rollout = promote.add_argument_group("canary and watch")
+    rollout.add_argument(
+        "--canary", metavar="WEIGHTS", help="canary steps in percent of live traffic, e.g. 5,25,50,100"
+    )
+    rollout.add_argument(
+        "--step-seconds",
+        type=float,
+        help="each canary step lasts at least this long (default: 60) [env SWITCHYARD_STEP_SECONDS]",
+    )
+    rollout.add_argument(
+        "--watch-seconds",
+        type=float,
+        help="watch the new version this long after the deploy and roll back by "
+        "itself on a breach (default: 300) [env SWITCHYARD_WATCH_SECONDS]",
+    )
+    rollout.add_argument("--no-watch", action="store_true", help="no watch after this deploy")
 
     add("rollback", "flip live traffic back to the previous slot, which is still running")
+    add("abort", "end a canary, or roll back a deploy under watch: every request to the stable slot at once")
+    add("heal", "restart a dead router or instance and point the router where the state says")
     evidence = add("evidence", "what the staged candidate did with copies of live traffic, and the promote verdict")
     evidence.add_argument("--json", action="store_true", help="machine-readable output")
     _typed(evidence, "shadow evidence rules", EVIDENCE_RULES)
@@ -146,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--against", help="the live version, for the metric gate (default: no gate)")
 
     render = add("render", "write what runs this deployment elsewhere")
-    render.add_argument("target", choices=["kubernetes"], help="kubernetes: manifests and release.sh")
-    render.add_argument("name", help="model name in the registry")
-    render.add_argument("version", help="the version blue serves at first, or 'latest'")
+    render.add_argument(
+        "target", choices=["kubernetes", "systemd"], help="kubernetes: manifests and release.sh; systemd: a unit"
+    )
+    render.add_argument("name", nargs="?", help="kubernetes: model name in the registry")
+    render.add_argument("version", nargs="?", help="kubernetes: the version blue serves at first, or 'latest'")
     render.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     render.add_argument("--replicas", type=int, default=2, help="pods per color once staged (default: 2)")
     render.add_argument("--image", help="the service image (default: the --backend docker image)")
@@ -158,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pvc:CLAIM (a volume holding the registry; default pvc:switchyard-models) or image:IMAGE "
         "(an init container copies the image's /models)",
     )
-    render.add_argument("--out", default="k8s", help="folder to write into (default: k8s/)")
+    render.add_argument("--out", help="folder to write into (default: k8s/ for kubernetes, . for systemd)")
 
     users = add("users", "console accounts: add, list, remove (passwords from a prompt or stdin)")
     users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -198,6 +222,19 @@ def _version(models_dir: Path, name: str | None, raw: str) -> int:
     if name is None:
         raise UsageError("nothing is up yet; run `release.py up NAME VERSION` first")
     return int(registry.version_dir(models_dir, name, raw).name)
+
+
+def _canary(raw: str | None) -> tuple[int, ...]:
+    """``5,25,50,100`` -> (5, 25, 50, 100): rising percentages; 100 is added when missing."""
+    if not raw:
+        return ()
+    try:
+        steps = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise UsageError(f"--canary {raw!r}: expected rising percentages such as 5,25,50,100") from None
+    if any(not 0 < w <= 100 for w in steps) or list(steps) != sorted(set(steps)):
+        raise UsageError(f"--canary {raw!r}: expected rising percentages between 1 and 100, such as 5,25,50,100")
+    return steps if steps[-1] == 100 else (*steps, 100)
 
 
 def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
@@ -253,35 +290,6 @@ def users(args: argparse.Namespace, settings: ControllerSettings) -> int:
     return 0
 
 
-def render(args: argparse.Namespace, settings: ControllerSettings) -> int:
-    import yaml
-
-    from controller import kubernetes
-
-    version = _version(settings.models_dir, args.name, args.version)
-    target = kubernetes.Target(
-        args.name,
-        version,
-        namespace=args.namespace,
-        replicas=args.replicas,
-        image=args.image or settings.docker_image,
-        models_source=args.models_source,
-    )
-    keys = {path.name: path.read_text() for path in sorted(settings.trusted_keys.glob("*.pub"))}
-    documents = kubernetes.render(target, registry.manifest(settings.models_dir, args.name, version), keys)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifests = out / f"{target.app}.yaml"
-    manifests.write_text(yaml.safe_dump_all(documents, sort_keys=False))
-    script = out / "release.sh"
-    script.write_text(kubernetes.script(target))
-    script.chmod(0o755)
-    kinds = ", ".join(sorted({d["kind"] for d in documents}))
-    print(f"render: wrote {manifests} ({len(documents)} objects: {kinds}) and {script}")
-    print(f"render: apply with `kubectl apply -f {manifests}`; then `{script} stage VERSION`, `promote`, `rollback`")
-    return 0
-
-
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     from controller import report
     from controller.deployment import Deployment
@@ -291,7 +299,9 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     if command == "check":
         return check(args, settings)
     if command == "render":
-        return render(args, settings)
+        from controller import render
+
+        return render.run(args, settings)
     if command == "users":
         return users(args, settings)
     if command == "console":
@@ -309,7 +319,10 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
             (report.print_status if command == "status" else report.print_history)(data)
         return 0
     if command == "up":
-        message = deployment.up(args.name, _version(settings.models_dir, args.name, args.version))
+        if (args.name is None) != (args.version is None):
+            raise UsageError("up takes NAME and VERSION, or nothing (restore what the state describes)")
+        version = _version(settings.models_dir, args.name, args.version) if args.name else None
+        message = deployment.up(args.name, version)
         if args.console:
             from controller.console.serve import console
 
@@ -321,13 +334,26 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     elif command == "promote":
         name = deployment.store.load().name
         version = _version(settings.models_dir, name, args.version) if args.version else None
-        message = deployment.promote(version, force=args.force)
+        message = deployment.promote(
+            version,
+            force=args.force,
+            canary=_canary(args.canary),
+            step_seconds=args.step_seconds,
+            watch_seconds=0.0 if args.no_watch else args.watch_seconds,
+        )
     elif command == "rollback":
         message = deployment.rollback()
+    elif command == "abort":
+        message = deployment.abort()
+    elif command == "heal":
+        message = deployment.heal()
     else:
+        from controller import agent
         from controller.console.serve import stop
 
         message = deployment.down()
+        if agent.stop(settings):
+            message += "; stopped the agent"
         if stop(settings):
             message += "; stopped the console"
     print(message)

@@ -49,6 +49,51 @@ def settle(facts: Facts, seams: Seams, say: Say) -> tuple[Facts, str, bool]:
     return facts.replace(op=None), f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged", False
 
 
+def route(facts: Facts, seams: Seams) -> None:
+    """Point a running router where the facts say: the live slot, and a canary's share if one runs. A
+    slot that loses share closes its pooled router connections (with nginx they stay with their route)."""
+    assert facts.router is not None and facts.active is not None
+    live, rollout = facts.slots[facts.active], facts.rollout
+    before = seams.router.shares(facts.router)
+    if rollout is not None and rollout.kind == "canary":
+        seams.router.split(facts.router, live.socket, facts.slots[rollout.color].socket, rollout.weight)
+    else:
+        seams.router.point_to(facts.router, live.socket)
+    wanted = shares(facts)
+    for slot in facts.slots.values():
+        if before.get(slot.socket, 0) > wanted.get(slot.socket, 0):
+            seams.backend.close_router_connections(slot.handle)
+
+
+def shares(facts: Facts) -> dict[str, int]:
+    """Where the facts say new requests go, as the routers report it: upstream -> percent."""
+    assert facts.active is not None
+    live, rollout = facts.slots[facts.active], facts.rollout
+    if rollout is None or rollout.kind != "canary" or rollout.weight == 0:
+        return {live.socket: 100}
+    return {live.socket: 100 - rollout.weight, facts.slots[rollout.color].socket: rollout.weight}
+
+
+def _router(facts: Facts, seams: Seams, events: list[Event]) -> Facts:
+    """A dead router is started again on its address; a live one that sends traffic elsewhere than the
+    facts say (a command killed between a weight and its commit) is pointed back."""
+    router = facts.router
+    if router is None or facts.active is None or facts.op is not None:
+        return facts
+    live = facts.slots[facts.active]
+    if not seams.router.alive(router):
+        seams.say(f"repair: the router ({router.kind}) is not running; starting it again")
+        facts = facts.replace(router=seams.router.start(live.socket))
+        events.append(Event("repair", "repaired", live.version, live.version, "router", "router restarted"))
+    else:
+        if seams.router.shares(router) == shares(facts):
+            return facts
+        seams.say("repair: the router sends traffic elsewhere than the facts say; pointing it back")
+        events.append(Event("repair", "repaired", live.version, live.version, "router", "router pointed back"))
+    route(facts, seams)
+    return facts
+
+
 def strays(facts: Facts, seams: Seams) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Handles of this deployment's instances and routers that no fact accounts for."""
     known = {slot.handle for slot in facts.slots.values()}
@@ -79,6 +124,7 @@ def repair(facts: Facts, seams: Seams) -> Facts:
         seams.say(f"repair: stopping a stray router ({handle})")
         seams.router.remove_stray(handle)
         events.append(Event("repair", "repaired", reason=f"stopped stray router {handle}"))
+    facts = _router(facts, seams, events)
     if events:
         seams.store.save(facts, *events)
     return facts

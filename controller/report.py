@@ -44,6 +44,20 @@ def print_status(status: dict[str, Any]) -> None:
             print(
                 "         last log lines:\n" + "\n".join("           " + line for line in slot["last_log"].splitlines())
             )
+    rollout = status.get("rollout")
+    if rollout and rollout["kind"] == "canary":
+        steps = " -> ".join(f"{w}%" for w in rollout["steps"])
+        print(
+            f"canary: v{rollout['version']} ({rollout['color']}) at {rollout['weight']}% (the router sends it "
+            f"{rollout['router_share']}%), step {rollout['step']} of {len(rollout['steps'])} ({steps}), "
+            f"at least {rollout['seconds_left']:g} s left in this step"
+        )
+    elif rollout:
+        print(f"watch:  v{rollout['version']} ({rollout['color']}) is watched for {rollout['seconds_left']:g} s more")
+    agent = status.get("agent")
+    if agent and agent["needed"]:
+        what = "watches and supervises" if agent["supervise"] else "watches"
+        print(f"agent:  {what}" if agent["running"] else "agent:  NOT RUNNING (the next command starts it again)")
     if status.get("shadow"):
         print(f"shadow: {status['shadow']} (`release evidence` for the comparison)")
     print(f"run dir: {status['run_dir']}")

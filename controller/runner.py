@@ -13,6 +13,7 @@ to the CLI: live traffic is left as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from artifact.manifest import ArtifactError, Manifest
@@ -116,6 +117,16 @@ class Runner:
             made.router = seams.router.start(made.candidate.socket)
         elif step.name == "flip":
             self._flip(facts, step)
+        elif step.name == "weigh":
+            self._weigh(facts, step)
+        elif step.name == "failover":
+            assert facts.router is not None and step.color is not None and facts.active is not None
+            say(f"heal: the live slot {facts.active} is down; traffic goes to {step.color} (v{step.version}) meanwhile")
+            seams.router.point_to(facts.router, facts.slots[step.color].socket)
+            live = facts.slots[facts.active]
+            seams.store.record(
+                Event("heal", "repaired", live.version, step.version, "failover", f"live v{live.version} is down")
+            )
         elif step.name == "retire":
             assert step.handle is not None and facts.active is not None
             left = repair.retire(facts.slots[facts.active], seams)
@@ -213,8 +224,27 @@ class Runner:
                 f"the router did not take the flip to {step.color}; live traffic left on {facts.active}"
             )
 
+    def _weigh(self, facts: Facts, step: Step) -> None:
+        """The canary's share of new requests; the slot that loses share lets go of its pooled router
+        connections (with nginx, some of them ran over routes that now lead to the other slot)."""
+        assert facts.router is not None and facts.active is not None and step.color is not None
+        router, backend = self.seams.router, self.seams.backend
+        stable, canary = facts.slots[facts.active], facts.slots[step.color]
+        before = router.shares(facts.router).get(canary.socket, 0)
+        if step.weight == 0:
+            router.point_to(facts.router, stable.socket)
+            repair.retire(canary, self.seams)
+        elif router.split(facts.router, stable.socket, canary.socket, step.weight):
+            if step.weight > before:
+                backend.close_router_connections(stable.handle)
+            elif step.weight < before:
+                backend.close_router_connections(canary.handle)
+        self.seams.say(f"{step.action}: v{step.version} ({step.color}) takes {step.weight}% of live traffic")
+
     def _commit(self, step: Step, facts: Facts, made: Made) -> Facts:
         after = leaves(step, facts, made)
+        if after.rollout is not None and after.rollout != facts.rollout:
+            after = after.replace(rollout=dataclasses.replace(after.rollout, started_at=self.seams.clock.time()))
         live = facts.slot(facts.active)
         from_version = live.version if live else None
         if step.action == "up":
@@ -226,10 +256,24 @@ class Runner:
             reason = "reused the running instance" if reused else f"preview at {made.candidate.url}"
         elif step.action == "down":
             reason = f"stopped {made.stopped} process(es)"
+        elif step.action == "canary":
+            assert step.rollout is not None
+            where = f"{step.weight or step.rollout.weight}% of live traffic (step {step.rollout.step + 1} of "
+            reason = where + f"{len(step.rollout.steps)}, {step.rollout.step_seconds:g} s each)"
+            reason += f"; {step.reason}" if step.reason else ""
+        elif step.action in ("abort", "watch"):
+            reason = step.reason
+        elif step.action == "heal":
+            assert made.candidate is not None
+            reason = f"restarted v{step.version} in {step.color} (it was not running)"
+        elif step.reason:
+            reason = step.reason
         else:
             elapsed = (self.seams.clock.monotonic() - self.flip_started) * 1000
             reason = f"router flipped in {elapsed:.1f} ms"
         to_version = None if step.action == "down" else step.version
+        if step.action == "abort":  # traffic goes from the canary's version back to live's
+            from_version, to_version = step.version, from_version
         event = Event(step.action, "ok", from_version, to_version, None, reason, step.forced)
         self.seams.store.save(after, event)
         return after
@@ -241,10 +285,11 @@ class Runner:
         if facts.router is None or not router.alive(facts.router):
             facts = facts.replace(router=router.start(live.socket))
             self.seams.store.save(
-                facts, Event("up", "repaired", live.version, live.version, "router", "router restarted")
+                facts, Event(step.action, "repaired", live.version, live.version, "router", "router restarted")
             )
             made.notes.append("restarted the router")
         else:
             router.refresh(facts.router)
-            router.point_to(facts.router, live.socket)
+        assert facts.router is not None
+        repair.route(facts, self.seams)
         return facts

@@ -51,6 +51,20 @@ class ControllerSettings(BaseSettings):
     shadow_max_errors: int = Field(0, ge=0, description="promote: candidate errors allowed on copies")
     shadow_max_p99_ratio: float = Field(3.0, ge=1, description="promote: candidate p99 / live p99 allowed")
     shadow_p99_slack_ms: float = Field(1.0, ge=0, description="added to the p99 ceiling: timer noise")
+    watch_seconds: float = Field(300.0, ge=0, description="the watch after every deploy; 0: none")
+    step_seconds: float = Field(60.0, gt=0, description="how long each canary step lasts at least")
+    supervise: bool = Field(True, description="the agent restarts a dead router or live instance")
+    agent_interval: float = Field(0.25, gt=0, description="seconds between the agent's looks")
+    analysis_min_requests: int = Field(50, ge=1, description="requests before the 5xx rate can roll back")
+    analysis_min_samples: int = Field(
+        200, ge=1, description="requests before latency and labels are judged, and before a step passes"
+    )
+    analysis_max_error_rate: float = Field(0.05, ge=0, le=1, description="share of 5xx answers that rolls back")
+    analysis_max_p99_ratio: float = Field(3.0, ge=1, description="new p99 / old p99 that rolls back")
+    analysis_p99_slack_ms: float = Field(5.0, ge=0, description="added to the p99 ceiling: histogram buckets")
+    analysis_max_label_shift: float = Field(
+        0.3, ge=0, le=1, description="total variation distance of predicted labels that rolls back"
+    )
     notify: str = Field("", description="webhook URLs for release events, comma-separated")
     console_url: str | None = Field(None, description="the console's address, for links in notifications")
 

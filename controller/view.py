@@ -101,3 +101,24 @@ def status(facts: Facts, observed: Observed, seams: Seams, run_dir: Path) -> dic
         "interrupted": None if op is None else {"action": op.action, "version": op.version, "step": op.step},
         "run_dir": str(run_dir.resolve()),
     }
+
+
+def rollout(facts: Facts, seams: Seams) -> dict[str, Any] | None:
+    """A canary or a watch in progress: its step, weight and time left, and what the router really does."""
+    current = facts.rollout
+    if current is None:
+        return None
+    slot = facts.slots[current.color]
+    elapsed = seams.clock.time() - current.started_at
+    length = current.step_seconds if current.kind == "canary" else current.watch_seconds
+    shares = seams.router.shares(facts.router) if facts.router is not None else {}
+    return {
+        "kind": current.kind,
+        "color": current.color,
+        "version": slot.version,
+        "weight": current.weight,
+        "steps": list(current.steps),
+        "step": current.step + 1,
+        "seconds_left": round(max(0.0, length - elapsed), 1),
+        "router_share": shares.get(slot.socket, 0),
+    }

@@ -65,6 +65,7 @@ class FakeRouter:
 
     def __init__(self) -> None:
         self.upstream: str | None = None
+        self.canary: tuple[str, int] | None = None
         self.running: set[str] = set()
         self.calls: list[tuple[str, ...]] = []
         self.refuse_flips = False  # a router that answers but does not take a flip
@@ -81,6 +82,19 @@ class FakeRouter:
         self.calls.append(("point_to", upstream))
         if not self.refuse_flips:
             self.upstream = upstream
+            self.canary = None
+
+    def split(self, router: Router, stable: str, canary: str, percent: int) -> bool:
+        self.calls.append(("split", stable, canary, str(percent)))
+        self.upstream, self.canary = stable, (canary, percent)
+        return True
+
+    def shares(self, router: Router) -> dict[str, int]:
+        if router.handle not in self.running or self.upstream is None:
+            return {}
+        if self.canary is None or self.canary[1] == 0:
+            return {self.upstream: 100}
+        return {self.upstream: 100 - self.canary[1], self.canary[0]: self.canary[1]}
 
     def current(self, router: Router) -> str | None:
         return self.upstream if router.handle in self.running else None

@@ -62,6 +62,10 @@ def clean_env(**extra: str) -> dict[str, str]:
         # Stories that stage and promote without sending traffic in between would meet the evidence
         # gate's minimum; the shadow stories (test_shadow.py) set their own rules.
         "SWITCHYARD_SHADOW_MIN_REQUESTS": "0",
+        # The agent's watch and supervision act on their own; the stories that are about them
+        # (test_canary.py) switch them on, the others keep the deployment still.
+        "SWITCHYARD_WATCH_SECONDS": "0",
+        "SWITCHYARD_SUPERVISE": "false",
     }
     return child_env(**{"PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), **trust_env, **extra})
 

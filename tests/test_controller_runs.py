@@ -48,6 +48,7 @@ class World:
             router_port=free_port(),
             trusted_keys=TRUSTED_KEYS,
             shadow_min_requests=0,  # no traffic in these stories: the evidence gate has its own (test_shadow.py)
+            watch_seconds=0,  # the watch is the agent's: test_canary.py
         )
         return Deployment(
             settings,
@@ -58,6 +59,7 @@ class World:
             clock=self.clock,
             hooks=hooks or NoCrash(),  # type: ignore[arg-type]
             say=self.said.append,
+            start_agent=lambda facts: False,  # the agent's decisions are commands: tested as commands here
         )
 
     @property
@@ -92,8 +94,10 @@ def _facts_for(phase: Phase, world: World) -> tuple[Facts, Observed]:
     """A deployment in ``phase`` on the fakes, and what is observed of it."""
     if phase is not Phase.ABSENT:
         world.controller().up("sample", 1)
-    if phase is Phase.STAGED:
+    if phase in (Phase.STAGED, Phase.CANARY):
         world.controller().stage(2)
+    if phase is Phase.CANARY:
+        world.controller().promote(canary=(5, 50, 100))
     if phase is Phase.DEGRADED:
         world.backend.kill(world.facts.slots["blue"].handle)
     controller = world.controller()
@@ -106,7 +110,9 @@ def _facts_for(phase: Phase, world: World) -> tuple[Facts, Observed]:
 
 
 @pytest.mark.parametrize("phase", list(Phase))
-@pytest.mark.parametrize("name", ["up", "stage", "promote", "promote VERSION", "rollback", "down"])
+@pytest.mark.parametrize(
+    "name", ["up", "stage", "promote", "promote VERSION", "rollback", "abort", "advance", "conclude", "heal", "down"]
+)
 def test_the_planner_refuses_exactly_what_the_table_forbids(world: World, phase: Phase, name: str) -> None:
     facts, observed = _facts_for(phase, world)
     command = {
@@ -115,6 +121,10 @@ def test_the_planner_refuses_exactly_what_the_table_forbids(world: World, phase:
         "promote": Command("promote"),
         "promote VERSION": Command("promote", 2),
         "rollback": Command("rollback"),
+        "abort": Command("abort"),
+        "advance": Command("advance"),
+        "conclude": Command("conclude", reason="watch passed"),
+        "heal": Command("heal"),
         "down": Command("down"),
     }[name]
     decision = plan(command, facts, observed)
@@ -279,12 +289,16 @@ def test_a_router_that_does_not_take_the_flip_leaves_traffic_where_it_was(world:
     assert world.store.events[-1].outcome == "failed" and world.store.events[-1].step == "flip"
 
 
-def test_down_stops_everything_and_up_restarts_a_dead_router(world: World) -> None:
+def test_down_stops_everything_and_any_command_restarts_a_dead_router(world: World) -> None:
     live_with_previous(world)
     world.router.running.clear()  # the router died
-    message = world.controller().up("sample", 2)
-    assert "already up" in message and "restarted the router" in message
+    assert "already up" in world.controller().up("sample", 2)
     assert world.serving() == 2
+    assert "repair: the router (fake) is not running; starting it again" in world.said
+    assert world.store.events[-1].reason == "router restarted"
+    world.router.running.clear()  # and again: a rollback repairs it instead of failing
+    assert "rollback:" in world.controller().rollback()
+    assert world.serving() == 1
     assert "down: stopped 3 process(es)" in world.controller().down()
     assert world.backend.alive_handles == set() and world.router.running == set()
     assert world.facts == Facts()

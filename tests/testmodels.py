@@ -4,6 +4,7 @@ exactly as they load the rule model from the service package."""
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Any
 
 
@@ -72,7 +73,8 @@ class Hostile:
 
 class OnUnseen(Wrapped):
     """Behaves only on the rows it was checked with (its golden rows), so that it passes a stage and
-    misbehaves on live traffic: ``fail`` raises, ``delay`` sleeps, ``label`` answers that class."""
+    misbehaves on live traffic: ``fail`` raises (on every ``fail_every``-th distinct input, or all),
+    ``delay`` sleeps, ``label`` answers that class."""
 
     def __init__(
         self,
@@ -80,12 +82,14 @@ class OnUnseen(Wrapped):
         known: list[str],
         *,
         fail: bool = False,
+        fail_every: int = 1,
         delay: float = 0.0,
         label: str | None = None,
     ) -> None:
         super().__init__(inner)
         self.known = set(known)
         self.fail = fail
+        self.fail_every = fail_every
         self.delay = delay
         self.label = label
 
@@ -94,7 +98,7 @@ class OnUnseen(Wrapped):
         unseen = [i for i, row in enumerate(rows) if row not in self.known]
         if not unseen:
             return probabilities
-        if self.fail:
+        if self.fail and any(zlib.crc32(str(rows[i]).encode()) % self.fail_every == 0 for i in unseen):
             raise RuntimeError("a model that fails on live traffic")
         if self.delay:
             time.sleep(self.delay)

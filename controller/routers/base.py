@@ -26,7 +26,16 @@ class RouterDriver(Protocol):
         ...
 
     def current(self, router: Router) -> str | None:
-        """The upstream actually in effect, or None if the router is not running."""
+        """The stable upstream actually in effect, or None if the router is not running."""
+        ...
+
+    def split(self, router: Router, stable: str, canary: str, percent: int) -> bool:
+        """Send ``percent``% of new requests to ``canary`` and the rest to ``stable``. Idempotent. True
+        if pooled connections may now lead to the wrong slot (the slot that lost share must close them)."""
+        ...
+
+    def shares(self, router: Router) -> dict[str, int]:
+        """Each upstream's share of new requests in percent, as the router has it ({} if it is down)."""
         ...
 
     def alive(self, router: Router) -> bool: ...

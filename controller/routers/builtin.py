@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from typing import Any
 
 import httpx
 
@@ -63,7 +64,7 @@ class BuiltinRouter:
         wait_listening(router.url, lambda: host.alive(handle), 10.0, host.tail(self.log))
         return router
 
-    def _admin(self, router: Router, method: str, body: dict[str, str] | None = None) -> httpx.Response:
+    def _admin(self, router: Router, method: str, body: dict[str, Any] | None = None) -> httpx.Response:
         try:
             return loopback.client().request(
                 method,
@@ -80,11 +81,31 @@ class BuiltinRouter:
         if response.status_code != 200:
             raise NeedsOperator(f"the builtin router refused the flip: {response.status_code} {response.text}")
 
-    def current(self, router: Router) -> str | None:
+    def split(self, router: Router, stable: str, canary: str, percent: int) -> bool:
+        response = self._admin(router, "PUT", {"upstream": stable, "canary": canary, "weight": percent})
+        if response.status_code != 200:
+            raise NeedsOperator(f"the builtin router refused the weight: {response.status_code} {response.text}")
+        return False  # it draws an upstream for every request, pooled connection or not
+
+    def _routing(self, router: Router) -> dict[str, Any] | None:
         if not self.alive(router):
             return None
         response = self._admin(router, "GET")
-        return response.json().get("upstream") if response.status_code == 200 else None
+        return response.json() if response.status_code == 200 else None
+
+    def current(self, router: Router) -> str | None:
+        routing = self._routing(router)
+        return routing.get("upstream") if routing else None
+
+    def shares(self, router: Router) -> dict[str, int]:
+        routing = self._routing(router)
+        if not routing or not routing.get("upstream"):
+            return {}
+        weight = routing.get("weight", 0) if routing.get("canary") else 0
+        shares = {routing["upstream"]: 100 - weight}
+        if weight:
+            shares[routing["canary"]] = weight
+        return shares
 
     def alive(self, router: Router) -> bool:
         return host.alive(router.handle)
