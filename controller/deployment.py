@@ -198,7 +198,11 @@ class Deployment:
 
     def _follow_shadow(self, facts: Facts) -> None:
         """The live instance copies to the staged candidate exactly while the facts say so."""
-        started = shadow.reconcile(facts, self.settings)
+        try:
+            started = shadow.reconcile(facts, self.settings)
+        except OSError as exc:  # a read-only or full run dir: shadow copies are not worth failing a command
+            self.say(f"warning: cannot update the shadow request in {shadow.folder(self.settings)}: {exc.strerror}")
+            return
         if started is not None and not shadow.wait_started(started, self.clock):
             self.say("warning: the live instance has not started copying requests to the candidate after 5 s")
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from controller.settings import ControllerSettings
 
+P99_FLOOR = 100  # compared requests before the latency rule applies
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -152,6 +154,8 @@ def judge(evidence: Evidence, settings: ControllerSettings) -> str | None:
             f"agreement with live is {agreement:.1%} over {evidence.rows} row(s), "
             f"the floor is {settings.shadow_min_agreement:.1%} (--shadow-min-agreement)"
         )
+    if evidence.compared < P99_FLOOR:
+        return None  # a p99 of a few requests is their slowest one: noise, not evidence
     latency = evidence.latency()
     live99, cand99 = latency["live_p99_ms"], latency["candidate_p99_ms"]
     assert live99 is not None and cand99 is not None

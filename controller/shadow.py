@@ -72,7 +72,8 @@ def reconcile(facts: Facts, settings: ControllerSettings) -> Path | None:
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
     if want is None:
-        path.unlink(missing_ok=True)
+        if path.exists():
+            path.unlink()
         return None
     text = json.dumps(want, sort_keys=True)
     try:
