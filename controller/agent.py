@@ -126,6 +126,10 @@ class Agent:
         assert rollout is not None and facts.active is not None
         new_slot = facts.slots[rollout.color]
         old_slot = facts.slot(facts.active if rollout.kind == "canary" else facts.previous)
+        if rollout.kind == "canary" and not self.deployment.seams(facts).backend.alive(new_slot.handle):
+            where = f"step {rollout.step + 1} of {len(rollout.steps)}, {rollout.weight}% of traffic"
+            self._act(lambda: self.deployment.abort(f"automatic rollback: the canary is not running ({where})"))
+            return
         window = (rollout.kind, rollout.color, rollout.step, rollout.started_at)
         if window != self.window:
             self.window, self.baseline = window, {}

@@ -4,8 +4,12 @@ traffic, read from its Prometheus metrics, against the old slot's.
 Three signals, each with its threshold in the settings (``SWITCHYARD_ANALYSIS_*``):
 
 - errors: the new slot's share of 5xx answers;
-- latency: its p99 against the old slot's p99 (from the latency histograms, so a p99 is the upper
-  bound of its bucket), with an allowance for the buckets' coarseness;
+- latency: the share of its requests slower than ``analysis_max_p99_ratio`` times the old slot's p99
+  (both from the latency histograms: a p99 is the upper bound of its bucket). A p99 of a few hundred
+  requests is their two or three slowest, so comparing two p99s directly rolls healthy versions back
+  on a busy machine; if both slots are alike, about 1% of the new slot's requests are slower than
+  the old p99 and far fewer than twice as slow, so more than ``analysis_max_slow_share`` (5%) of
+  them is a real slowdown, and reads as "its p95 is past twice the old p99";
 - predictions: the total variation distance between the two slots' predicted-label distributions, so
   that a model that suddenly answers one class for everything is caught although every request
   "succeeds".
@@ -66,6 +70,15 @@ def parse(text: str) -> Sample:
     return Sample(requests, errors, tuple(sorted(buckets.items())), labels)
 
 
+def slower_than(sample: Sample, seconds: float) -> float:
+    """The share of requests in ``sample`` slower than the first bucket bound at or past ``seconds``."""
+    total = sample.buckets[-1][1] if sample.buckets else 0.0
+    if total <= 0:
+        return 0.0
+    within = next((count for le, count in sample.buckets if le >= seconds), total)
+    return (total - within) / total
+
+
 def p99(sample: Sample) -> float | None:
     """The upper bound of the bucket that holds the 99th percentile, in seconds (inf above the last)."""
     total = sample.buckets[-1][1] if sample.buckets else 0.0
@@ -114,11 +127,12 @@ def judge(new: Sample, old: Sample | None, settings: ControllerSettings) -> Verd
     new99 = p99(new)
     old99 = p99(old) if old is not None and old.requests >= samples else None
     if new99 is not None and old99 is not None:
-        ceiling = settings.analysis_max_p99_ratio * old99 + settings.analysis_p99_slack_ms / 1000
-        if new99 > ceiling:
+        ratio = settings.analysis_max_p99_ratio
+        slow = slower_than(new, ratio * old99)
+        if slow > settings.analysis_max_slow_share:
             return Verdict(
-                f"p99 {_ms(new99)} against {_ms(old99)} on the previous version "
-                f"(limit {settings.analysis_max_p99_ratio:g}x + {settings.analysis_p99_slack_ms:g} ms)",
+                f"latency: {slow:.0%} of its requests took over {ratio:g}x the previous version's p99 "
+                f"({_ms(old99)}; its own p99 {_ms(new99)}; limit {settings.analysis_max_slow_share:.0%})",
                 True,
                 "",
             )

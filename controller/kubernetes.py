@@ -230,9 +230,10 @@ select_color() {{  # $1: a Service, $2: the color it sends traffic to
 ready() {{ k rollout status "deployment/$APP-$1" --timeout=300s; }}
 
 check() {{  # $1: the staged version, $2: the live one
-    k port-forward "service/$APP-preview" "$PREVIEW_PORT:80" >/dev/null 2>&1 &
+    # kubectl itself in the background (not through k, whose subshell would be what $! names and kills)
+    kubectl -n "$NS" port-forward "service/$APP-preview" "$PREVIEW_PORT:80" >/dev/null 2>&1 &
     local forward=$!
-    trap 'kill $forward 2>/dev/null || true' RETURN
+    trap 'kill $forward 2>/dev/null; wait $forward 2>/dev/null || true' RETURN
     for _ in $(seq 1 60); do
         curl -fsS -o /dev/null "http://127.0.0.1:$PREVIEW_PORT/healthz" 2>/dev/null && break
         sleep 0.5

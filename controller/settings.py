@@ -60,8 +60,10 @@ class ControllerSettings(BaseSettings):
         200, ge=1, description="requests before latency and labels are judged, and before a step passes"
     )
     analysis_max_error_rate: float = Field(0.05, ge=0, le=1, description="share of 5xx answers that rolls back")
-    analysis_max_p99_ratio: float = Field(3.0, ge=1, description="new p99 / old p99 that rolls back")
-    analysis_p99_slack_ms: float = Field(5.0, ge=0, description="added to the p99 ceiling: histogram buckets")
+    analysis_max_p99_ratio: float = Field(2.0, ge=1, description="a new request slower than this x old p99 is slow")
+    analysis_max_slow_share: float = Field(
+        0.05, gt=0, le=1, description="the share of slow requests (see max_p99_ratio) that rolls back"
+    )
     analysis_max_label_shift: float = Field(
         0.3, ge=0, le=1, description="total variation distance of predicted labels that rolls back"
     )

@@ -165,7 +165,7 @@ def test_a_healthy_canary_walks_its_steps_under_load(deployment: Any, router: st
 
 BAD = [
     pytest.param("3", "5xx rate", id="fails-20%"),
-    pytest.param("4", "p99", id="slow"),
+    pytest.param("4", "latency", id="slow"),
     pytest.param("5", "predicted labels moved", id="one-label"),
 ]
 
@@ -314,3 +314,24 @@ def test_render_systemd_restores_the_deployment_after_a_reboot(deployment: Any, 
     assert result.returncode == 0, result.stderr
     assert "restarted v2 in green, v1 in blue" in result.stdout
     assert release.status()["phase"] == "Healthy" and release.serving() == "sample/2"
+
+
+def test_a_canary_killed_mid_step_is_aborted_by_the_agent(deployment: Any) -> None:
+    release: Release = deployment("builtin")
+    release("up", "sample", "1", **AGENT)
+    release("stage", "2", "--no-shadow", **AGENT)
+    with Traffic(release.url, threads=8) as traffic:
+        release("promote", "--canary", "25,100", "--step-seconds", "60", **AGENT)
+        canary = next(s for s in release.status()["slots"] if s["role"] == "staged")
+        os.kill(_pid(canary["handle"]), signal.SIGKILL)
+        killed = time.time()
+        aborted = wait_history(release, lambda r: r["action"] == "abort")
+        time.sleep(1.0)
+    assert aborted["reason"].startswith("automatic rollback: the canary is not running (step 1 of 2")
+    print(f"canary killed: {traffic.failed(killed)} failed request(s) until the abort")
+    share, count = traffic.share("sample/1", at(aborted) + 0.5, float("inf"))
+    assert count > 0 and share == 1.0 and traffic.failed(at(aborted) + 0.5) == 0
+    status = release.status()
+    assert status["phase"] == "Degraded" and "staged slot" in status["reason"]  # the parked canary is dead
+    release("stage", "2", "--no-shadow", **AGENT)  # the next stage replaces it
+    assert release.status()["phase"] == "Staged" and release.instances() == 2

@@ -161,9 +161,12 @@ def script(
         SWITCHYARD_MODELS_DIR=str(registry),
         PATH=os.pathsep.join([str(TESTS / "bin"), venv_bin, os.environ["PATH"]]),
     )
-    return subprocess.run(
+    done = subprocess.run(
         ["bash", str(rendered[0] / "release.sh"), *args], capture_output=True, text=True, env=env, timeout=120
     )
+    forwards = subprocess.run(["pgrep", "-f", f"port-forward .* {env['PREVIEW_PORT']}:80"], capture_output=True)
+    assert forwards.returncode == 1, "release.sh left its port-forward running"
+    return done
 
 
 def test_release_sh_stages_checks_promotes_and_rolls_back(

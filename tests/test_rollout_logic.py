@@ -4,10 +4,13 @@ issues, the router calls it makes, the facts and history it leaves, and a crash 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_controller_runs import CrashAtNth, World
 
+from controller import analysis
+from controller.analysis import Sample
 from controller.deployment import Deployment
 from controller.errors import Refused
 from controller.facts import Facts
@@ -182,3 +185,60 @@ def test_a_controller_killed_before_any_rollout_step_leaves_routing_as_the_facts
     else:
         assert shares(world) == {live: 100}
     assert facts != Facts() and len(world.router.running) == 1
+
+
+# ------------------------------------------------------------------ the analysis, on metrics as the service writes them
+
+
+def _metrics(latency_s: float, n: int, errors: int = 0, label: str | None = None, shadow: int = 0) -> Sample:
+    """What an instance's /metrics would say after ``n`` live requests (and ``shadow`` copies)."""
+    from prometheus_client import generate_latest
+
+    from service.observe import Metrics, PredictionCollector
+
+    metrics = Metrics("sample", 2, "0" * 64)
+    labels = ["Energy", "Technology", "Healthcare", "Utilities"]
+    counts = {k: 0 for k in labels}
+    for i in range(n):
+        status = "500" if i < errors else "200"
+        metrics.requests.labels("/predict", "POST", status, "live").inc()
+        metrics.latency.labels("/predict", status, "live").observe(latency_s)
+        if status == "200":
+            counts[label or labels[i % len(labels)]] += 1
+    for _ in range(shadow):
+        metrics.requests.labels("/predict", "POST", "500", "shadow").inc()
+    metrics.registry.register(PredictionCollector(lambda: (counts, {"Energy": shadow}, 1)))
+    return analysis.parse(generate_latest(metrics.registry).decode())
+
+
+def test_the_analysis_reads_the_service_metrics_and_ignores_shadow_copies(world: World) -> None:
+    sample = _metrics(0.003, 300, errors=3, shadow=500)
+    assert (sample.requests, sample.errors) == (300, 3)
+    assert analysis.p99(sample) == 0.005 and sum(sample.labels.values()) == 297
+
+
+@pytest.mark.parametrize(
+    ("new", "breach"),
+    [
+        (lambda: _metrics(0.003, 300), None),
+        (lambda: _metrics(0.003, 60, errors=12), "5xx rate 20.0% over 60 requests"),
+        (lambda: _metrics(0.3, 300), "latency: 100% of its requests took over 2x"),
+        (lambda: _metrics(0.003, 300, label="Utilities"), "predicted labels moved by 0.75"),
+    ],
+    ids=["healthy", "errors", "slow", "one-label"],
+)
+def test_the_analysis_names_the_signal_that_breaks(world: World, new: Any, breach: str | None) -> None:
+    settings = world.controller().settings
+    verdict = analysis.judge(new(), _metrics(0.003, 2000), settings)
+    if breach is None:
+        assert verdict.breach is None and verdict.enough
+    else:
+        assert verdict.breach is not None and verdict.breach.startswith(breach)
+
+
+def test_a_handful_of_requests_decides_nothing(world: World) -> None:
+    settings = world.controller().settings
+    old = _metrics(0.003, 2000)
+    assert not analysis.judge(_metrics(0.3, 40, label="Utilities"), old, settings).enough
+    slow_but_few = analysis.judge(_metrics(0.3, 120, label="Utilities"), old, settings)
+    assert slow_but_few.breach is None and not slow_but_few.enough  # latency and labels need 200
