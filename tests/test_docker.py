@@ -199,3 +199,21 @@ def test_shadow_traffic_between_containers(deployment: tuple[Release, dict[str, 
     out = release("promote", SWITCHYARD_SHADOW_MIN_REQUESTS="40", **env)
     assert "evidence: 40 request(s) compared" in out.stderr
     assert release.serving() == "sample/2"
+
+
+def test_a_canary_between_containers_walks_its_weights(deployment: tuple[Release, dict[str, str]]) -> None:
+    release, env = deployment
+    agent = {**env, "SWITCHYARD_WATCH_SECONDS": "0", "SWITCHYARD_ANALYSIS_MIN_SAMPLES": "50"}
+    release("up", "sample", "1", **agent)
+    release("stage", "2", "--no-shadow", **agent)
+    with Load(release.url, threads=8) as load:
+        release("promote", "--canary", "25,100", "--step-seconds", "2", **agent)
+        deadline = time.monotonic() + 120
+        while not any(h["action"] == "promote" for h in json.loads(release("history", "--json", **env).stdout)):
+            assert time.monotonic() < deadline, (release.run_dir / "logs" / "agent.log").read_text()[-3000:]
+            time.sleep(0.3)
+    assert load.failures() == [] and {r[2] for r in load.results} == {"sample/1", "sample/2"}
+    assert release.serving() == "sample/2"
+    history = json.loads(release("history", "--json", **env).stdout)
+    assert history[-2]["action"] == "canary" and history[-2]["reason"].startswith("25% of live traffic")
+    assert history[-1]["actor"] == "agent (automatic)" and "canary analysis passed" in history[-1]["reason"]
