@@ -177,17 +177,18 @@ def summary(evidence: Evidence) -> str:
     agree = f"agreement {agreement:.1%}" if agreement is not None else "no answer to compare"
     span = (evidence.until or 0) - (evidence.since or 0)
     return (
-        f"{evidence.compared} request(s) compared over {_duration(span)}, {agree}, "
+        f"{evidence.compared} request(s) compared over {duration(span)}, {agree}, "
         f"candidate errors {evidence.error_count}"
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float, gap: str = " ") -> str:
+    """``42 s``, ``17 min``, ``3.5 h``; with ``gap=""`` the compact ``42s``, ``17m``, ``3.5h`` of tables."""
     if seconds < 120:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.0f}{gap}s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{seconds / 60:.0f}{gap}{'min' if gap else 'm'}"
+    return f"{seconds / 3600:.1f}{gap}h"
 
 
 def as_json(evidence: Evidence) -> dict[str, Any]:

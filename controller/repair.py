@@ -49,29 +49,43 @@ def settle(facts: Facts, seams: Seams, say: Say) -> tuple[Facts, str, bool]:
     return facts.replace(op=None), f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged", False
 
 
-def route(facts: Facts, seams: Seams) -> None:
-    """Point a running router where the facts say: the live slot, and a canary's share if one runs. A
-    slot that loses share closes its pooled router connections (with nginx they stay with their route)."""
+def steer(facts: Facts, seams: Seams, canary: str | None, weight: int) -> None:
+    """Send ``weight``% of new requests to the ``canary`` slot and the rest to the live one (no canary
+    or 0%: all to live). A slot that loses share closes its pooled router connections, where the router
+    says they may now lead to the wrong slot (nginx's stay with their route)."""
     assert facts.router is not None and facts.active is not None
-    live, rollout = facts.slots[facts.active], facts.rollout
+    live = facts.slots[facts.active]
     before = seams.router.shares(facts.router)
-    if rollout is not None and rollout.kind == "canary":
-        seams.router.split(facts.router, live.socket, facts.slots[rollout.color].socket, rollout.weight)
+    stale = True
+    target = facts.slots[canary].socket if canary is not None and weight > 0 else None
+    if target is not None:
+        stale = seams.router.split(facts.router, live.socket, target, weight)
     else:
         seams.router.point_to(facts.router, live.socket)
-    wanted = shares(facts)
+    wanted = _split(live.socket, target, weight)
     for slot in facts.slots.values():
-        if before.get(slot.socket, 0) > wanted.get(slot.socket, 0):
+        if stale and before.get(slot.socket, 0) > wanted.get(slot.socket, 0):
             seams.backend.close_router_connections(slot.handle)
+
+
+def route(facts: Facts, seams: Seams) -> None:
+    """Point a running router where the facts say: the live slot, and a canary's share if one runs."""
+    rollout = facts.rollout
+    canary = rollout is not None and rollout.kind == "canary"
+    steer(facts, seams, rollout.color if rollout and canary else None, rollout.weight if rollout and canary else 0)
+
+
+def _split(live: str, canary: str | None, weight: int) -> dict[str, int]:
+    return {live: 100} if canary is None or weight == 0 else {live: 100 - weight, canary: weight}
 
 
 def shares(facts: Facts) -> dict[str, int]:
     """Where the facts say new requests go, as the routers report it: upstream -> percent."""
     assert facts.active is not None
     live, rollout = facts.slots[facts.active], facts.rollout
-    if rollout is None or rollout.kind != "canary" or rollout.weight == 0:
+    if rollout is None or rollout.kind != "canary":
         return {live.socket: 100}
-    return {live.socket: 100 - rollout.weight, facts.slots[rollout.color].socket: rollout.weight}
+    return _split(live.socket, facts.slots[rollout.color].socket, rollout.weight)
 
 
 def _router(facts: Facts, seams: Seams, events: list[Event]) -> Facts:

@@ -13,14 +13,6 @@ if TYPE_CHECKING:
     from controller.deployment import Deployment
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def _short(handle: str) -> str:
     """A pid, or a container id's first 12 characters."""
     return handle.split(":")[0][:12]
@@ -38,7 +30,7 @@ def print_status(status: dict[str, Any]) -> None:
         health = "ready" if slot["ready"] else "alive, not ready" if slot["alive"] else "NOT RUNNING"
         print(
             f"  {slot['color']:<6} {slot['role']:<9} {status['name']} v{slot['version']:<4} {slot['url']:<24} "
-            f"{health:<16} up {_age(slot['age_seconds']):<6} {_short(slot['handle'])}"
+            f"{health:<16} up {shadow_evidence.duration(slot['age_seconds'], gap=''):<6} {_short(slot['handle'])}"
         )
         if slot["last_log"]:
             print(

@@ -225,20 +225,12 @@ class Runner:
             )
 
     def _weigh(self, facts: Facts, step: Step) -> None:
-        """The canary's share of new requests; the slot that loses share lets go of its pooled router
-        connections (with nginx, some of them ran over routes that now lead to the other slot)."""
-        assert facts.router is not None and facts.active is not None and step.color is not None
-        router, backend = self.seams.router, self.seams.backend
-        stable, canary = facts.slots[facts.active], facts.slots[step.color]
-        before = router.shares(facts.router).get(canary.socket, 0)
+        """The canary's share of new requests; at 0%, the flip back waits until the canary has let go
+        of the router's connections, as a flip does."""
+        assert step.color is not None
+        repair.steer(facts, self.seams, step.color, step.weight)
         if step.weight == 0:
-            router.point_to(facts.router, stable.socket)
-            repair.retire(canary, self.seams)
-        elif router.split(facts.router, stable.socket, canary.socket, step.weight):
-            if step.weight > before:
-                backend.close_router_connections(stable.handle)
-            elif step.weight < before:
-                backend.close_router_connections(canary.handle)
+            checks.wait_retired(self.seams.probes, self.seams.clock, facts.slots[step.color])
         self.seams.say(f"{step.action}: v{step.version} ({step.color}) takes {step.weight}% of live traffic")
 
     def _commit(self, step: Step, facts: Facts, made: Made) -> Facts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from artifact.manifest import Manifest, read_manifest
@@ -147,6 +149,33 @@ def artifact_with_model(source: Path, models_dir: Path, name: str, model: Any, *
         sign(directory, signer())
 
     return write_version(models_dir, name, fill)
+
+
+def misbehaving(registry: Path, root: Path, behaviours: list[dict[str, Any]]) -> list[str]:
+    """sample/1 and sample/2 copied from ``registry`` into ``root``, then one version a behaviour of
+    sample/2's model wrapped in ``testmodels.OnUnseen`` (3, 4, ...). Returns the golden texts, on which
+    those versions behave (so they pass a stage)."""
+    import testmodels
+    from artifact.trust import load_model
+
+    shutil.copytree(registry / "sample", root / "sample")
+    source = root / "sample" / "2"
+    inner, manifest = load_model(source, trust(), modules=("testmodels",))
+    known = [row.input["description"] for row in manifest.golden]
+    for behaviour in behaviours:
+        artifact_with_model(source, root, "sample", testmodels.OnUnseen(inner, known, **behaviour))
+    return known
+
+
+ROUTERS = [
+    pytest.param(
+        "nginx",
+        marks=pytest.mark.skipif(
+            shutil.which("nginx") is None, reason="NGINX ABSENT: the nginx router tests did not run"
+        ),
+    ),
+    "builtin",
+]
 
 
 def predict(url: str, body: Any, **kwargs: Any) -> httpx.Response:

@@ -25,16 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-import testmodels
-from artifact.trust import load_model
 from controller import host
-from support import ROOT, Release, artifact_with_model, clean_env, trust
+from support import ROOT, ROUTERS, Release, clean_env, misbehaving
 
-NGINX = pytest.param(
-    "nginx",
-    marks=pytest.mark.skipif(shutil.which("nginx") is None, reason="NGINX ABSENT: the nginx router tests did not run"),
-)
-ROUTERS = [NGINX, "builtin"]
 ONE_ROUTER = "nginx" if shutil.which("nginx") else "builtin"
 AGENT = {"SWITCHYARD_SUPERVISE": "true", "SWITCHYARD_WATCH_SECONDS": "0"}
 MIN_REQUESTS = 50  # the default analysis_min_requests: the 5xx rate is judged from there
@@ -49,13 +42,9 @@ def rollout_models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """sample/1 rules, sample/2 tf-idf, and candidates that pass a stage but on live traffic
     3 fail one request in five, 4 take 100 ms a call (far more than 5x slower), 5 answer Utilities."""
     root = tmp_path_factory.mktemp("rollout-models")
-    shutil.copytree(registry / "sample", root / "sample")
-    source = root / "sample" / "2"
-    inner, manifest = load_model(source, trust(), modules=("testmodels",))
-    known = [row.input["description"] for row in manifest.golden]
-    GOLDEN.update(known)
-    for behaviour in ({"fail": True, "fail_every": 5}, {"delay": 0.1}, {"label": "Utilities"}):
-        artifact_with_model(source, root, "sample", testmodels.OnUnseen(inner, known, **behaviour))
+    GOLDEN.update(
+        misbehaving(registry, root, [{"fail": True, "fail_every": 5}, {"delay": 0.1}, {"label": "Utilities"}])
+    )
     return root
 
 

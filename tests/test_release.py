@@ -18,17 +18,7 @@ import testmodels
 from artifact.manifest import read_manifest
 from controller.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
-from support import ENERGY, TRUSTED_KEYS, Load, Release, artifact_with_model, cpus_of, port_open
-
-ROUTERS = [
-    pytest.param(
-        "nginx",
-        marks=pytest.mark.skipif(
-            shutil.which("nginx") is None, reason="NGINX ABSENT: the nginx router tests did not run"
-        ),
-    ),
-    "builtin",
-]
+from support import ENERGY, ROUTERS, TRUSTED_KEYS, Load, Release, artifact_with_model, cpus_of, port_open
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import time
 from collections import Counter
@@ -22,20 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-import testmodels
-from artifact.trust import load_model
 from controller import host
-from support import ROOT, Release, artifact_with_model, trust
+from support import ROOT, ROUTERS, Release, misbehaving
 
-ROUTERS = [
-    pytest.param(
-        "nginx",
-        marks=pytest.mark.skipif(
-            shutil.which("nginx") is None, reason="NGINX ABSENT: the nginx router tests did not run"
-        ),
-    ),
-    "builtin",
-]
 GOLDEN: set[str] = set()  # the candidates' golden rows: they behave on those (see shadow_models)
 with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
     TEXTS = [row["description"] for row in csv.DictReader(_fh)][:160]
@@ -50,13 +38,7 @@ def shadow_models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """sample/1 rules, sample/2 tf-idf, and candidates that pass a stage but on live traffic
     3 fail every request, 4 take 2 s a request, 5 answer one class for everything."""
     root = tmp_path_factory.mktemp("shadow-models")
-    shutil.copytree(registry / "sample", root / "sample")
-    source = root / "sample" / "2"
-    inner, manifest = load_model(source, trust(), modules=("testmodels",))
-    known = [row.input["description"] for row in manifest.golden]
-    GOLDEN.update(known)
-    for behaviour in ({"fail": True}, {"delay": 2.0}, {"label": "Energy"}):
-        artifact_with_model(source, root, "sample", testmodels.OnUnseen(inner, known, **behaviour))
+    GOLDEN.update(misbehaving(registry, root, [{"fail": True}, {"delay": 2.0}, {"label": "Energy"}]))
     return root
 
 
