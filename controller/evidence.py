@@ -159,11 +159,11 @@ def judge(evidence: Evidence, settings: ControllerSettings) -> str | None:
     latency = evidence.latency()
     live99, cand99 = latency["live_p99_ms"], latency["candidate_p99_ms"]
     assert live99 is not None and cand99 is not None
-    ceiling = settings.shadow_max_p99_ratio * live99 + settings.shadow_p99_slack_ms
+    ceiling = settings.shadow_max_p99_ratio * live99 + settings.latency_slack_ms
     if cand99 > ceiling:
         return (
             f"the candidate's p99 is {cand99:.1f} ms against live's {live99:.1f} ms on the same requests; "
-            f"the ceiling is {settings.shadow_max_p99_ratio:g}x + {settings.shadow_p99_slack_ms:g} ms "
+            f"the ceiling is {settings.shadow_max_p99_ratio:g}x + {settings.latency_slack_ms:g} ms "
             "(--shadow-max-p99-ratio)"
         )
     return None

@@ -50,7 +50,6 @@ class ControllerSettings(BaseSettings):
     shadow_min_agreement: float = Field(0.5, ge=0, le=1, description="promote: top-1 agreement with live needed")
     shadow_max_errors: int = Field(0, ge=0, description="promote: candidate errors allowed on copies")
     shadow_max_p99_ratio: float = Field(3.0, ge=1, description="promote: candidate p99 / live p99 allowed")
-    shadow_p99_slack_ms: float = Field(1.0, ge=0, description="added to the p99 ceiling: timer noise")
     watch_seconds: float = Field(300.0, ge=0, description="the watch after every deploy; 0: none")
     step_seconds: float = Field(60.0, gt=0, description="how long each canary step lasts at least")
     supervise: bool = Field(True, description="the agent restarts a dead router or live instance")
@@ -63,6 +62,9 @@ class ControllerSettings(BaseSettings):
     analysis_max_p99_ratio: float = Field(2.0, ge=1, description="a new request slower than this x old p99 is slow")
     analysis_max_slow_share: float = Field(
         0.05, gt=0, le=1, description="the share of slow requests (see max_p99_ratio) that rolls back"
+    )
+    latency_slack_ms: float = Field(
+        10.0, ge=0, description="added to every latency ceiling (shadow and analysis): scheduling noise, not a verdict"
     )
     analysis_max_label_shift: float = Field(
         0.3, ge=0, le=1, description="total variation distance of predicted labels that rolls back"

@@ -203,7 +203,7 @@ def test_shadow_traffic_between_containers(deployment: tuple[Release, dict[str, 
 
 def test_a_canary_between_containers_walks_its_weights(deployment: tuple[Release, dict[str, str]]) -> None:
     release, env = deployment
-    agent = {**env, "SWITCHYARD_WATCH_SECONDS": "0", "SWITCHYARD_ANALYSIS_MIN_SAMPLES": "50"}
+    agent = {**env, "SWITCHYARD_WATCH_SECONDS": "0"}
     release("up", "sample", "1", **agent)
     release("stage", "2", "--no-shadow", **agent)
     with Load(release.url, threads=8) as load:

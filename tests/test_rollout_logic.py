@@ -221,11 +221,12 @@ def test_the_analysis_reads_the_service_metrics_and_ignores_shadow_copies(world:
     ("new", "breach"),
     [
         (lambda: _metrics(0.003, 300), None),
+        (lambda: _metrics(0.015, 300), None),  # 3x the old p99, but within the slack: a busy core
         (lambda: _metrics(0.003, 60, errors=12), "5xx rate 20.0% over 60 requests"),
         (lambda: _metrics(0.3, 300), "latency: 100% of its requests took over 2x"),
         (lambda: _metrics(0.003, 300, label="Utilities"), "predicted labels moved by 0.75"),
     ],
-    ids=["healthy", "errors", "slow", "one-label"],
+    ids=["healthy", "noisy", "errors", "slow", "one-label"],
 )
 def test_the_analysis_names_the_signal_that_breaks(world: World, new: Any, breach: str | None) -> None:
     settings = world.controller().settings
