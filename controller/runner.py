@@ -32,6 +32,7 @@ class Runner:
         self.seams = seams
         self.manifest: Manifest | None = None  # the candidate's
         self.flip_started = 0.0
+        self.evidence = ""  # what the deploy was decided on, for its history line
 
     def run(self, plan: Plan, stored: Facts) -> tuple[Facts, Made]:
         """Carry out ``plan`` from the stored facts; return the facts it leaves and what it made."""
@@ -198,7 +199,8 @@ class Runner:
         if broken is not None and not step.forced:
             raise CheckFailed("evidence", f"shadow evidence: {broken} (`release evidence` shows it; --force overrides)")
         verdict = f"FORCED past: {broken}" if broken is not None else evidence.summary(found)
-        say(f"{step.action}: evidence: {verdict}")
+        self.evidence = f"evidence: {verdict}"
+        say(f"{step.action}: {self.evidence}")
 
     def _speed(self, facts: Facts, step: Step, made: Made) -> None:
         """Much slower than live on the same rows is refused (--max-slowdown): users would feel it."""
@@ -263,6 +265,8 @@ class Runner:
         else:
             elapsed = (self.seams.clock.monotonic() - self.flip_started) * 1000
             reason = f"router flipped in {elapsed:.1f} ms"
+        if self.evidence and step.action in ("promote", "canary"):
+            reason += f"; {self.evidence}"
         to_version = None if step.action == "down" else step.version
         if step.action == "abort":  # traffic goes from the canary's version back to live's
             from_version, to_version = step.version, from_version
