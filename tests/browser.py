@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 WAIT = 30.0  # a page that waits on a deploy on two busy cores
@@ -55,9 +55,14 @@ class Page:
 
     def wait_for(self, words: str) -> str:
         """Wait until the page shows ``words`` (after a form was sent), and return its text."""
-        WebDriverWait(self.driver, WAIT).until(
-            expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "main"), words)
-        )
+
+        def shown(driver: webdriver.Chrome) -> bool:
+            try:
+                return words in driver.find_element(By.TAG_NAME, "main").text
+            except WebDriverException:  # read while the next page replaced it: look again
+                return False
+
+        WebDriverWait(self.driver, WAIT).until(shown)
         return self.text()
 
     def log_in(self, user: str, password: str) -> str:

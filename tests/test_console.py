@@ -4,11 +4,15 @@ webhooks received by a local server."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from support import ROOT, Release, clean_env
 
 PASSWORDS = {"alice": "correct horse battery", "victor": "viewer only please"}
 SHOTS = Path(os.environ["SCREENSHOTS_DIR"]) if os.environ.get("SCREENSHOTS_DIR") else None
+with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
+    TEXTS = [row["description"] for row in csv.DictReader(_fh)][::22][:30]  # every class, in turn
 
 
 def run(release: Release, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,13 +49,14 @@ def add_user(release: Release, name: str, role: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-@pytest.fixture
-def deployment(models: Path, tmp_path: Path) -> Iterator[tuple[Release, str, list[dict[str, Any]]]]:
-    """sample v1 live, v2 staged, two accounts, and the console detached beside the router."""
+@contextmanager
+def console_over(models: Path, tmp_path: Path, **settings: str) -> Iterator[tuple[Release, str, list[dict[str, Any]]]]:
+    """sample v1 live, v2 staged (with shadow traffic), two accounts, and the console detached beside
+    the router; ``settings`` (``SWITCHYARD_*``) hold for the CLI and the console alike."""
     with webhook() as (hook, received):
         release = Release(models, tmp_path / "run", "builtin")
         port = free_port()
-        env = {"SWITCHYARD_NOTIFY": hook, "SWITCHYARD_CONSOLE_URL": f"http://127.0.0.1:{port}"}
+        env = {"SWITCHYARD_NOTIFY": hook, "SWITCHYARD_CONSOLE_URL": f"http://127.0.0.1:{port}", **settings}
         try:
             release("up", "sample", "1", **env)
             release("stage", "2", **env)
@@ -60,6 +67,12 @@ def deployment(models: Path, tmp_path: Path) -> Iterator[tuple[Release, str, lis
             yield release, f"http://127.0.0.1:{port}", received
         finally:
             release("down", check=False)
+
+
+@pytest.fixture
+def deployment(models: Path, tmp_path: Path) -> Iterator[tuple[Release, str, list[dict[str, Any]]]]:
+    with console_over(models, tmp_path) as found:
+        yield found
 
 
 @pytest.fixture
@@ -140,6 +153,88 @@ def test_a_refused_deploy_shows_why_and_changes_nothing(
     assert "gate failed:" in refused and "worse than live" in refused and "Live traffic was not touched" in refused
     assert release.serving() == "sample/2"
     assert received[-1]["event"] == "gate_refused" and received[-1]["actor"] == "alice (console)"
+
+
+def _send(release: Release, texts: list[str]) -> None:
+    with httpx.Client(timeout=10) as client:
+        for text in texts:
+            assert client.post(release.url + "/predict", json={"description": text}).status_code == 200
+
+
+def _compared(release: Release, count: int) -> dict[str, Any]:
+    """The CLI's evidence, once the candidate has answered ``count`` copies (they go after the answer)."""
+    deadline = time.monotonic() + 60
+    while (found := json.loads(release("evidence", "--json").stdout))["compared"] < count:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    return found
+
+
+def test_the_deploy_decision_shows_what_the_candidate_did_with_live_traffic(
+    models: Path, tmp_path: Path, browser: Any
+) -> None:
+    with console_over(models, tmp_path, SWITCHYARD_SHADOW_MIN_REQUESTS="20") as (release, console, _):
+        page = Page(browser, console, SHOTS)
+        page.log_in("alice", PASSWORDS["alice"])
+        page.open("/compare")
+        assert "No request compared yet" in page.text()
+
+        # Ten requests of live traffic: too few for the rule, and the deploy says so before and after the click
+        _send(release, TEXTS[:10])
+        _compared(release, 10)
+        page.open("/compare")
+        assert "The evidence refuses: 10 request(s) compared, the minimum is 20" in page.text()
+        page.link("Deploy v2")
+        assert "The shadow evidence refuses v2" in page.text() and "The deploy will be refused" in page.text()
+        page.click("#confirm")
+        refused = page.wait_for("refused")
+        assert "evidence failed:" in refused and "the minimum is 20" in refused
+        assert release.serving() == "sample/1"
+
+        # Twenty more (and the one above): the page shows what `release evidence` shows, and the deploy goes
+        _send(release, TEXTS[10:30])
+        found = _compared(release, 31)
+        page.open("/compare")
+        text = page.text()
+        assert "The evidence passes" in text and "31 request(s) over" in text
+        assert f"{found['agreement'] * 100:.1f}% of {found['rows']} prediction(s) the same as live" in text
+        top = found["shares"][0]
+        assert f"{top['label']} {top['live'] * 100:.1f}% {top['candidate'] * 100:.1f}%" in text
+        for example in found["examples"][:5]:
+            assert example["input"][:60] in text
+        page.shot("evidence", full=True)
+        page.link("Deploy v2")
+        assert "refuses" not in page.text()
+        page.click("#confirm")
+        assert "sample v2 (green) is live" in page.wait_for("is live")
+        assert release.serving() == "sample/2"
+        assert "evidence: 31 request(s) compared" in release.history()[-1]["reason"]
+
+
+def test_a_deployer_follows_a_canary_and_aborts_it_from_the_console(
+    deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
+) -> None:
+    release, console, _ = deployment
+    release("promote", "--canary", "50,100", "--step-seconds", "600")
+    page = Page(browser, console, SHOTS)
+    overview = page.log_in("alice", PASSWORDS["alice"])
+    assert "Canary: v2 takes 50% of live traffic" in overview and "Step 1 of 2 (50% → 100%)" in overview
+    assert "the router sends it 50% of new requests" in overview
+    assert "sending 50% of new requests to green, the rest to blue" in overview
+    assert "Deploy the staged version" not in overview  # the canary decides that, or an abort
+    page.shot("canary")
+    page.link("Abort")
+    assert "Every user goes back to sample v1 at once" in page.text()
+    page.click("#confirm")
+    page.wait_for("Staged")
+    assert "Canary:" not in page.text()
+    assert {release.serving() for _ in range(20)} == {"sample/1"}
+    last = release.history()[-1]
+    assert (last["action"], last["actor"]) == ("abort", "alice (console)")
+
+    # Nothing left to abort: a stale confirmation page changes nothing
+    page.open("/confirm/abort")
+    assert "Nothing to abort" in page.text()
 
 
 def test_viewers_see_everything_and_change_nothing(

@@ -4,7 +4,8 @@
     GET  /               overview: the slots, the router, the phase
     GET  /compare        the candidate against live: metrics, per-class changes, confusion matrices, the gate
     GET  /history        the ledger, newest first, with who did what
-    GET  /confirm/{action}   a deployer confirms a deploy or a rollback, restated in plain words
+    GET  /confirm/{action}   a deployer confirms a deploy, a rollback or the abort of a canary or
+                             watch, restated in plain words
     POST /actions/{action}   runs it: the CLI's own operation, under the same lock, as that user
     GET  /artifacts/{version}/confusion_matrix.png
 
@@ -37,7 +38,7 @@ from controller.users import Accounts
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
-ACTIONS = ("promote", "rollback")
+ACTIONS = ("promote", "rollback", "abort")
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'",
@@ -79,6 +80,7 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
     sessions = Sessions()
     throttle = Throttle()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["zip"] = zip  # a disagreement pairs each row's live and candidate labels
 
     def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> Response:
         flash, messages = (session.flash, list(session.flash)) if session else ([], [])
@@ -161,7 +163,7 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
         if action not in ACTIONS:
             return PlainTextResponse("no such action", status_code=404)
         data = await run_in_threadpool(pages.compare, settings)
-        target = data["candidate"]
+        target = data["status"]["rollout"] if action == "abort" else data["candidate"]
         expected = str(form.get("version", ""))
         if target is None or str(target["version"]) != expected:
             session.flash.append(f"Nothing was changed: the deployment changed since you confirmed v{expected}.")

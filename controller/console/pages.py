@@ -1,6 +1,7 @@
 """What the console's pages show, gathered from the deployment the CLI drives: its status (checked
 against what runs, with short probe timeouts so that a slow instance cannot hold a page up), the
-manifests of the versions in its slots, the gate's verdict, and the history."""
+manifests of the versions in its slots, the gate's verdict, the staged candidate's shadow evidence,
+and the history."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from artifact.manifest import Manifest
-from controller import registry
+from controller import evidence, registry
 from controller.checks import gate
 from controller.deployment import Deployment
 from controller.errors import UsageError
@@ -96,13 +97,28 @@ def compare(settings: ControllerSettings) -> dict[str, Any]:
         classes.append((label, [Row(m, before.get(m), scores.get(m)) for m in ("precision", "recall", "f1")]))
     classes.sort(key=lambda item: -abs(item[1][2].delta or 0.0))
     decision = gate(new, old, settings.gate_tolerance)
-    page |= {"sets": sets, "classes": classes, "gate": decision}
+    page |= {"sets": sets, "classes": classes, "gate": decision, "evidence": live_evidence(settings)}
     return page
 
 
+def live_evidence(settings: ControllerSettings, examples: int = 5, shares: int = 8) -> dict[str, Any] | None:
+    """The staged candidate's shadow evidence as `release evidence --json` has it, with the verdict
+    the promote would give; None when no candidate is staged with shadow traffic."""
+    _, found = deployment(settings).evidence()
+    if found is None:
+        return None
+    data = evidence.as_json(found)
+    data["shares"] = data["shares"][:shares]
+    data["examples"] = data["examples"][:examples]
+    span = (found.until or 0.0) - (found.since or 0.0)
+    return data | {"over": evidence.duration(span), "verdict": evidence.judge(found, settings)}
+
+
 def act(settings: ControllerSettings, action: str, actor: str) -> str:
-    """A deploy or a rollback: the CLI's own operation, under the same lock, in the name of ``actor``."""
+    """A deploy, a rollback or an abort: the CLI's own operation, under the same lock, as ``actor``."""
     operation = deployment(settings, actor=actor)
+    if action == "abort":
+        return operation.abort()
     return operation.promote() if action == "promote" else operation.rollback()
 
 
