@@ -216,6 +216,31 @@ def test_a_failing_slow_or_killed_candidate_never_touches_live_answers(release: 
     assert not (release.run_dir / "shadow" / "control.json").exists()
 
 
+def test_a_router_killed_while_shadowing_loses_no_evidence(release: Release) -> None:
+    release("up", "sample", "1")
+    release("stage", "2", **RULES)
+    assert {status for status, _ in send(release.url, TEXTS[:60])} == {200}
+    wait_evidence(release, 60)
+
+    # The router dies: status says so, and the evidence gathered so far is still there
+    os.kill(host.pid_of(release.status()["router"]["handle"]), signal.SIGKILL)
+    status = release.status()
+    assert status["phase"] == "Degraded" and status["reason"] == "the router is not running"
+    assert "60 request(s) compared" in status["shadow"]
+
+    # The next command repairs it; copies go on from where they were, and the evidence decides the promote
+    out = release("up", **RULES)
+    assert "repair: the router" in out.stderr
+    assert release.status()["phase"] == "Staged"
+    assert {status for status, _ in send(release.url, TEXTS[60:])} == {200}
+    found = wait_evidence(release, len(TEXTS))
+    assert found["requests"] == len(TEXTS) and found["errors"] == 0
+    assert_evidence_matches_records(found, release)
+    assert f"evidence: {len(TEXTS)} request(s) compared" in release("promote", **RULES).stderr
+    release("down")
+    assert release.instances() == 0 and not (release.run_dir / "shadow" / "control.json").exists()
+
+
 def test_no_shadow_says_so_plainly(release: Release) -> None:
     release("up", "sample", "1")
     out = release("stage", "2", "--no-shadow", **RULES)
