@@ -7,6 +7,7 @@ SQLite and time are fakes.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from artifact.trust import load_model
+from controller import shadow
 from controller.deployment import Deployment
 from controller.errors import CheckFailed, NeedsOperator, Refused, UsageError
 from controller.facts import Facts
@@ -373,6 +375,9 @@ def test_a_controller_killed_before_any_step_is_reported_and_repaired(world: Wor
     assert len(world.router.running) == 1, "a router was leaked"
     if op is not None:
         assert any(e.outcome == "repaired" for e in world.store.events)
+    control = world.run_dir / "shadow" / "control.json"  # copies go where the repaired facts say
+    wanted = shadow.desired(world.facts, world.controller().settings)
+    assert (json.loads(control.read_text()) if control.exists() else None) == wanted
 
 
 def test_a_crash_after_the_flip_is_completed_and_the_old_slot_retired(world: World) -> None:

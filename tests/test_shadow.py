@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -239,6 +240,29 @@ def test_a_router_killed_while_shadowing_loses_no_evidence(release: Release) -> 
     assert f"evidence: {len(TEXTS)} request(s) compared" in release("promote", **RULES).stderr
     release("down")
     assert release.instances() == 0 and not (release.run_dir / "shadow" / "control.json").exists()
+
+
+def test_a_controller_killed_at_the_flip_of_a_shadowed_promote(release: Release) -> None:
+    release("up", "sample", "1")
+    release("stage", "2", **RULES)
+    send(release.url, TEXTS[:100])
+    wait_evidence(release, 100)
+    proc = release.spawn("promote", pause_at="flip", **RULES)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "paused at flip"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    # status tells the truth: a promote in flight, v1 still serving, the evidence still counted
+    status = release.status()
+    assert status["phase"] == "Progressing" and status["interrupted"]["action"] == "promote"
+    assert release.serving() == "sample/1" and "request(s) compared" in status["shadow"]
+
+    # the next command repairs, decides on the same evidence, and the copies stop with the deploy
+    out = release("promote", **RULES)
+    assert "repair:" in out.stderr and re.search(r"evidence: 10\d request\(s\) compared", out.stderr)
+    assert release.serving() == "sample/2"
+    assert not (release.run_dir / "shadow" / "control.json").exists()
+    assert release.status()["shadow"] is None
 
 
 def test_no_shadow_says_so_plainly(release: Release) -> None:
