@@ -191,8 +191,9 @@ class Deployment:
             self._notify("gate_refused", "/compare", facts, command.version, reason=refused.reason)
             raise refused
         last = decision.steps[-1]
-        if last.name == "commit" and last.action in ("stage", "promote", "rollback"):
-            event = {"stage": "staged", "promote": "deployed", "rollback": "rolled_back"}[last.action]
+        events = {"stage": "staged", "promote": "deployed", "rollback": "rolled_back", "abort": "aborted"}
+        if last.name == "commit" and last.action in events:
+            event = events[last.action]
             self._notify(event, "/compare" if event == "staged" else "/", facts, last.version, reason=message)
         return message
 

@@ -214,7 +214,7 @@ def test_the_deploy_decision_shows_what_the_candidate_did_with_live_traffic(
 def test_a_deployer_follows_a_canary_and_aborts_it_from_the_console(
     deployment: tuple[Release, str, list[dict[str, Any]]], browser: Any
 ) -> None:
-    release, console, _ = deployment
+    release, console, received = deployment
     release("promote", "--canary", "50,100", "--step-seconds", "600")
     page = Page(browser, console, SHOTS)
     overview = page.log_in("alice", PASSWORDS["alice"])
@@ -231,6 +231,7 @@ def test_a_deployer_follows_a_canary_and_aborts_it_from_the_console(
     assert {release.serving() for _ in range(20)} == {"sample/1"}
     last = release.history()[-1]
     assert (last["action"], last["actor"]) == ("abort", "alice (console)")
+    assert (received[-1]["event"], received[-1]["version"], received[-1]["actor"]) == ("aborted", 2, "alice (console)")
 
     # Nothing left to abort: a stale confirmation page changes nothing
     page.open("/confirm/abort")
