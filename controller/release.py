@@ -54,7 +54,8 @@ SETTING_OPTIONS = {
     "instance_workers": ("--workers", "uvicorn workers per instance (default: 1)"),
     "instance_cpu_affinity": (
         "--cpu-affinity",
-        "instances' CPU pinning: auto (blue from the first CPU, green from the last), off, or a list (default: auto)",
+        "instances' CPU pinning: auto (blue from the first CPU, green from the last), off, or a list "
+        "(default: auto for processes, off for containers)",
     ),
     "trusted_keys": ("--trusted-keys", "public keys artifacts must be signed by (default: keys/trusted)"),
     "allow_unsigned": (
