@@ -22,13 +22,14 @@ from controller.errors import CheckFailed, StateError
 from controller.facts import Event, Facts, Shadow
 from controller.notify import Notifier
 from controller.phase import Observed
-from controller.planner import Command, Made, Plan, Refusal, plan
+from controller.planner import plan
 from controller.probes import HttpProbes
 from controller.routers import make_router
 from controller.routers.base import RouterDriver
 from controller.runner import Runner
 from controller.seams import Clock, Hooks, NoHooks, Probes, Seams, Store, SystemClock
 from controller.settings import ControllerSettings
+from controller.steps import Command, Made, Plan, Refusal
 from controller.store import SqliteStore
 
 Say = Callable[[str], None]

@@ -2,99 +2,19 @@
 
 Every refusal lives here: the (phase x command) table of :mod:`controller.phase` and the ones that
 depend on the facts (a version already live, nothing to roll back to, a flip target that is not
-healthy, the router's port taken). A plan is the ordered steps that :mod:`controller.runner` carries
-out, and :func:`leaves` says, for each step, the facts it leaves behind: the journal entry written
-before it runs, and for a commit step the new facts. Nothing here touches a process, a file or the
+healthy, the router's port taken). A plan is the ordered steps (:mod:`controller.steps`) that
+:mod:`controller.runner` carries out. Nothing here touches a process, a file or the
 network, so every pair of phase and command, and every option that changes a plan, is tested on data.
-
-Steps, in the order a plan may hold them:
-
-    verify   check the artifact's hash against its manifest (before anything starts)
-    start    start the candidate in a slot                         journaled: a crash stops it
-    ready    wait until it is ready and serves the right identity  journaled
-    smoke    the golden rows through its HTTP API (and its claimed  journaled
-             accuracy re-scored on them)
-    gate     its metric against the live model's                   journaled
-    evidence its shadow-traffic evidence against the rules (promote) journaled
-    speed    its latency against live's on the same rows (stage)   journaled
-    router   start the router in front of it (``up`` only)         journaled
-    weigh    give the canary slot its share of live traffic (0: none) (idempotent; repair re-applies)
-    failover send traffic to the other slot while the live one restarts (heal)
-    flip     point the router at the target slot                  journaled: a crash rolls forward
-    retire   the old slot closes the router's pooled connections   (or back, by where the router points)
-    commit   write the new facts and the history line
-    stop / stop-router / ensure-router: idempotent clean-up and repair, after or instead of a commit
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
-from controller.errors import NeedsOperator, Refused, SwitchyardError, UsageError
-from controller.facts import Event, Facts, Instance, Op, Rollout, Router, Shadow, other
+from controller.errors import NeedsOperator, UsageError
+from controller.facts import Event, Facts, Rollout, other
 from controller.phase import HINTS, Observed, Phase, derive_phase, refusal
-
-JOURNALED = frozenset({"start", "ready", "smoke", "gate", "evidence", "speed", "router", "flip"})
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str  # up | stage | promote | rollback | down
-    version: int | None = None
-    model: str | None = None  # up: the model's name
-    force: bool = False
-    shadow: Shadow | None = None  # stage: copies of live traffic for the candidate
-    canary: tuple[int, ...] = ()  # promote: the canary's weights, step by step
-    step_seconds: float = 60.0
-    watch_seconds: float = 0.0  # promote: the watch after the deploy
-    reason: str = ""  # what the agent decided, for the history line
-    automatic: bool = False  # rollback by the agent: the failed version is parked, not the rollback target
-
-    @property
-    def table_name(self) -> str:
-        """Its name in the (phase x command) table."""
-        return "promote VERSION" if self.name == "promote" and self.version is not None else self.name
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    action: str  # the history action it belongs to: up | stage | promote | rollback | down
-    color: str | None = None  # the slot it acts on
-    version: int | None = None
-    handle: str | None = None  # stop / stop-router: what to stop
-    forced: bool = False
-    shadow: Shadow | None = None  # a stage's commit: the candidate's shadow traffic
-    weight: int = 0  # weigh: the canary's share in percent
-    rollout: Rollout | None = None  # a commit's new rollout (its start time is the commit's)
-    reason: str = ""  # a commit's history reason, when a person or the agent gave one
-    parked: bool = False  # an automatic rollback's commit: the failed slot stays, staged, out of traffic
-
-
-@dataclass(frozen=True)
-class Plan:
-    steps: tuple[Step, ...]
-    before: Facts  # the facts the run starts from (for `up`, the new deployment's name)
-    message: str = ""  # for a plan with nothing to do: what to say
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str
-    error: type[SwitchyardError] = Refused
-    event: Event | None = None  # a refusal worth a history line
-
-
-@dataclass
-class Made:
-    """What the steps of a run have made so far: the candidate, a router, the retired slot."""
-
-    candidate: Instance | None = None
-    router: Router | None = None
-    stopped: int = 0  # processes a down stopped
-    notes: list[str] = field(default_factory=list)
+from controller.steps import Command, Plan, Refusal, Step
 
 
 def plan(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
@@ -380,40 +300,3 @@ def _down(facts: Facts, observed: Observed) -> Plan:
     if not steps and facts == Facts():
         return Plan((), facts, message="down: nothing runs in this deployment")
     return Plan((*steps, Step("commit", "down", version=_version(facts, facts.active))), facts)
-
-
-def leaves(step: Step, facts: Facts, made: Made) -> Facts:
-    """The facts ``step`` leaves behind: the journal entry before it runs; for a commit, the new facts."""
-    if step.name in JOURNALED:
-        assert step.color is not None and step.version is not None
-        # The instance the step acts on: one this run started, else the slot's (a flip, a reused
-        # instance; while a new one starts, the old one it replaces, which repair must not stop).
-        candidate = made.candidate or facts.slots.get(step.color)
-        if step.name == "flip":
-            candidate = facts.slots.get(step.color, candidate)
-        return facts.replace(op=Op(step.action, step.color, step.version, step.name, candidate, step.forced))
-    if step.name != "commit":
-        return facts
-    if step.action == "up":
-        assert made.candidate is not None and made.router is not None
-        return Facts(name=facts.name, active="blue", slots={"blue": made.candidate}, router=made.router)
-    if step.action == "stage":
-        assert step.color is not None
-        slot = made.candidate or facts.slots[step.color]
-        return facts.replace(
-            slots={**facts.slots, step.color: slot}, staged=step.color, previous=None, op=None, shadow=step.shadow
-        )
-    if step.action == "down":
-        return Facts()
-    if step.action == "canary":
-        return facts.replace(rollout=step.rollout, shadow=None, op=None)
-    if step.action in ("abort", "watch"):
-        return facts.replace(rollout=None, op=None)  # an aborted canary stays staged, out of traffic
-    if step.action == "heal":
-        assert step.color is not None and made.candidate is not None
-        return facts.replace(slots={**facts.slots, step.color: made.candidate}, op=None)
-    if step.parked:  # the failed version keeps its slot, staged and out of traffic; nothing to roll back to
-        return facts.replace(active=step.color, previous=None, staged=facts.active, op=None, shadow=None, rollout=None)
-    return facts.replace(
-        active=step.color, previous=facts.active, staged=None, op=None, shadow=None, rollout=step.rollout
-    )

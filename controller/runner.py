@@ -1,6 +1,6 @@
 """The step runner: carries out a plan through the seams, journaling as it goes.
 
-Before each step it writes the facts that step leaves behind (:func:`controller.planner.leaves`): for
+Before each step it writes the facts that step leaves behind (:func:`controller.steps.leaves`): for
 a journaled step, the operation in flight and the step it reached; after the step, the same entry
 again if the step made something the journal must know (the candidate's handle, the router). So a
 controller killed at any point leaves a journal that :mod:`controller.repair` reads the same way,
@@ -21,9 +21,9 @@ from artifact.trust import verify
 from controller import checks, evidence, registry, repair, shadow
 from controller.errors import CheckFailed, NeedsOperator
 from controller.facts import Event, Facts
-from controller.planner import JOURNALED, Made, Plan, Step, leaves
 from controller.seams import Seams
 from controller.settings import ControllerSettings
+from controller.steps import JOURNALED, Made, Plan, Step, leaves
 
 
 class Runner:

@@ -21,8 +21,9 @@ from controller.errors import CheckFailed, NeedsOperator, Refused, UsageError
 from controller.facts import Facts
 from controller.host import free_port
 from controller.phase import ALLOWED, COMMANDS, Observed, Phase
-from controller.planner import Command, Plan, Refusal, plan
+from controller.planner import plan
 from controller.settings import ControllerSettings
+from controller.steps import Command, Plan, Refusal
 from fakes import Crash, CrashAt, FakeBackend, FakeClock, FakeProbes, FakeRouter, MemoryStore, NoCrash
 from support import TRUSTED_KEYS, artifact_with_model, trust
 
