@@ -45,6 +45,11 @@ class Evidence:
         return self.agreed / self.rows if self.rows else None
 
     @property
+    def span(self) -> float:
+        """Seconds from the first copy to the last."""
+        return (self.until or 0.0) - (self.since or 0.0)
+
+    @property
     def error_rate(self) -> float | None:
         return self.error_count / self.requests if self.requests else None
 
@@ -175,9 +180,8 @@ def summary(evidence: Evidence) -> str:
         return "no request compared yet"
     agreement = evidence.agreement
     agree = f"agreement {agreement:.1%}" if agreement is not None else "no answer to compare"
-    span = (evidence.until or 0) - (evidence.since or 0)
     return (
-        f"{evidence.compared} request(s) compared over {duration(span)}, {agree}, "
+        f"{evidence.compared} request(s) compared over {duration(evidence.span)}, {agree}, "
         f"candidate errors {evidence.error_count}"
     )
 

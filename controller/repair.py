@@ -71,8 +71,10 @@ def steer(facts: Facts, seams: Seams, canary: str | None, weight: int) -> None:
 def route(facts: Facts, seams: Seams) -> None:
     """Point a running router where the facts say: the live slot, and a canary's share if one runs."""
     rollout = facts.rollout
-    canary = rollout is not None and rollout.kind == "canary"
-    steer(facts, seams, rollout.color if rollout and canary else None, rollout.weight if rollout and canary else 0)
+    if rollout is not None and rollout.kind == "canary":
+        steer(facts, seams, rollout.color, rollout.weight)
+    else:
+        steer(facts, seams, None, 0)
 
 
 def _split(live: str, canary: str | None, weight: int) -> dict[str, int]:

@@ -110,8 +110,7 @@ def live_evidence(settings: ControllerSettings, examples: int = 5, shares: int =
     data = evidence.as_json(found)
     data["shares"] = data["shares"][:shares]
     data["examples"] = data["examples"][:examples]
-    span = (found.until or 0.0) - (found.since or 0.0)
-    return data | {"over": evidence.duration(span), "verdict": evidence.judge(found, settings)}
+    return data | {"over": evidence.duration(found.span), "verdict": evidence.judge(found, settings)}
 
 
 def act(settings: ControllerSettings, action: str, actor: str) -> str:
