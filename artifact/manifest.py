@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from artifact.safeio import MAX_MANIFEST_BYTES, read_capped
+
 MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -84,19 +86,21 @@ class Manifest(BaseModel):
     training_seconds: float
     golden: list[GoldenRow]
     search: dict[str, Any] | None = None
-
-
-def manifest_bytes(version_dir: Path) -> bytes:
-    if not version_dir.is_dir():
-        raise ArtifactError(f"no artifact at {version_dir}: directory does not exist")
-    try:
-        return (version_dir / MANIFEST_FILE).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"no {MANIFEST_FILE} in {version_dir}") from None
+    reports: dict[str, str] = Field(default_factory=dict)  # report file name -> sha256, signed with the rest
 
 
 def read_manifest(version_dir: Path) -> Manifest:
-    return parse_manifest(manifest_bytes(version_dir), version_dir / MANIFEST_FILE)
+    """A manifest read without checking its signature: for showing one (``pipeline compare``), never
+    for a decision (that is :func:`artifact.trust.trusted_manifest`)."""
+    if not version_dir.is_dir():
+        raise ArtifactError(f"no artifact at {version_dir}: directory does not exist")
+    try:
+        data = read_capped(version_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise ArtifactError(f"no {MANIFEST_FILE} in {version_dir}") from None
+    except OSError as exc:
+        raise ArtifactError(str(exc)) from None
+    return parse_manifest(data, version_dir / MANIFEST_FILE)
 
 
 def parse_manifest(data: bytes, path: Path) -> Manifest:

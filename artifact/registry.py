@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,8 +25,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from artifact.manifest import MODEL_FILE, ArtifactError, FileDigest
-from artifact.trust import sha256_file
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from artifact.manifest import MANIFEST_FILE, ArtifactError, FileDigest, Manifest
+from artifact.safeio import MAX_MANIFEST_BYTES, read_capped, write_private
+from artifact.signing import SIGNATURE_FILE, Trust, key_id, signature_file
+from artifact.trust import read_verified
 
 
 def list_versions(models_dir: Path, name: str) -> list[int]:
@@ -63,24 +69,24 @@ def _registry_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def write_version(
-    models_dir: Path,
-    name: str,
-    fill: Callable[[Path, int], None],
-) -> Path:
-    """Create ``models/<name>/<next version>`` atomically.
+def write_version(models_dir: Path, name: str, build: Callable[[int], dict[str, bytes]]) -> Path:
+    """Create ``models/<name>/<next version>`` atomically from files made in memory.
 
-    ``fill(tmp_dir, version)`` writes the files into a temporary directory; it is renamed into place
-    only once it returns. Concurrent writers are serialised by a lock on the registry folder, and the
-    rename refuses to replace an existing version even without it.
+    ``build(version)`` returns every file of the version as bytes (the model, the manifest and its
+    signature among them): what was hashed and signed is what gets written, never a file read back.
+    They are written into a private temporary folder (0700, each file created new, no link
+    followed), which is renamed into place only once complete. Concurrent writers are serialised by
+    a lock on the registry folder, and the rename refuses to replace an existing version.
     """
     root = models_dir / name
     with _registry_lock(root):
         version = (list_versions(models_dir, name) or [0])[-1] + 1
+        files = build(version)
         tmp = root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        os.mkdir(tmp, 0o700)
         try:
-            fill(tmp, version)
+            for file_name, data in files.items():
+                write_private(tmp / file_name, data, 0o644)
             target = root / str(version)
             try:
                 os.rename(tmp, target)
@@ -88,21 +94,59 @@ def write_version(
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise ArtifactError(f"{target} already exists; versions are never overwritten") from None
                 raise
+            os.chmod(target, 0o755)  # readable by the services, writable by nobody else
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
 
 
-def write_model_file(directory: Path, model: Any) -> FileDigest:
+def model_bytes(model: Any) -> tuple[bytes, FileDigest]:
+    """The model pickled in memory (joblib, compressed), and its digest for the manifest."""
     import joblib
 
-    path = directory / MODEL_FILE
-    joblib.dump(model, path, compress=3)
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-    return FileDigest(sha256=sha256_file(path), size=path.stat().st_size)
+    out = io.BytesIO()
+    joblib.dump(model, out, compress=3)
+    data = out.getvalue()
+    return data, FileDigest(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+def publish(
+    models_dir: Path,
+    name: str,
+    model: Any,
+    manifest_for: Callable[[int, FileDigest], Manifest],
+    signer: Ed25519PrivateKey,
+    reports: dict[str, bytes] | None = None,
+) -> tuple[Path, Manifest]:
+    """Pickle, hash, describe and sign a model in memory, write it as the next version, then verify
+    the published folder exactly as a service will before anyone is told it exists.
+
+    ``manifest_for(version, digest)`` makes the manifest; the report files' sha256 are added to it,
+    so the console can serve them knowing they are what was signed. Someone who can write into the
+    models folder gets nothing signed that this process did not make: the signature is over the
+    bytes built here, and the check afterwards fails if the published files are not those bytes.
+    """
+    payload, digest = model_bytes(model)
+    reports = reports or {}
+    built: list[tuple[Manifest, bytes]] = []
+
+    def build(version: int) -> dict[str, bytes]:
+        manifest = manifest_for(version, digest).model_copy(
+            update={"reports": {n: hashlib.sha256(d).hexdigest() for n, d in reports.items()}}
+        )
+        data = json_bytes(manifest.model_dump(mode="json"))
+        built.append((manifest, data))
+        return {**reports, digest.file: payload, MANIFEST_FILE: data, SIGNATURE_FILE: signature_file(data, signer)}
+
+    target = write_version(models_dir, name, build)
+    manifest, data = built[-1]
+    public = signer.public_key()
+    verified = read_verified(target, Trust({key_id(public): public}, target))
+    if verified.manifest != manifest or read_capped(target / MANIFEST_FILE, MAX_MANIFEST_BYTES) != data:
+        raise ArtifactError(f"{target} changed while it was published: do not serve it, and check who writes there")
+    return target, manifest
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode()

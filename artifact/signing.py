@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from artifact.manifest import ArtifactError
+from artifact.safeio import MAX_KEY_BYTES, read_capped, write_private
 
 SIGNATURE_FILE = "manifest.sig"
 
@@ -39,13 +39,10 @@ def create_key(private_path: Path, trusted_dir: Path) -> str:
     """A new key pair: the private key at ``private_path`` (0600), its public key in ``trusted_dir``."""
     private = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(private_path, pem, 0o600)
     return trust(private.public_key(), trusted_dir)
 
 
@@ -54,13 +51,22 @@ def trust(public: Ed25519PublicKey, trusted_dir: Path) -> str:
     trusted_dir.mkdir(parents=True, exist_ok=True)
     identity = key_id(public)
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (trusted_dir / f"{identity}.pub").write_bytes(pem)
+    path = trusted_dir / f"{identity}.pub"
+    try:
+        write_private(path, pem, 0o644)
+    except FileExistsError:
+        if read_capped(path, MAX_KEY_BYTES) != pem:
+            raise ArtifactError(f"{path} exists and holds another key: refusing to overwrite it") from None
     return identity
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_capped(path, MAX_KEY_BYTES), password=None)
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"no signing key at {path}: create one with `python -m pipeline keygen` (or train once, which does)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read the signing key {path}: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -68,13 +74,16 @@ def load_private(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def sign(version_dir: Path, private: Ed25519PrivateKey) -> str:
-    """Sign ``manifest.json`` as it is on disk; the signing key's id."""
-    signature = private.sign((version_dir / "manifest.json").read_bytes())
-    identity = key_id(private.public_key())
-    body = {"key": identity, "algorithm": "ed25519", "signature": base64.b64encode(signature).decode()}
-    (version_dir / SIGNATURE_FILE).write_text(json.dumps(body) + "\n")
-    return identity
+def signature_file(manifest_bytes: bytes, private: Ed25519PrivateKey) -> bytes:
+    """The contents of ``manifest.sig`` for these exact manifest bytes (the ones the signer built or
+    read and checked, never the file read again)."""
+    signature = private.sign(manifest_bytes)
+    body = {
+        "key": key_id(private.public_key()),
+        "algorithm": "ed25519",
+        "signature": base64.b64encode(signature).decode(),
+    }
+    return (json.dumps(body) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -90,17 +99,18 @@ class Trust:
         keys: dict[str, Ed25519PublicKey] = {}
         for path in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
             try:
-                key = serialization.load_pem_public_key(path.read_bytes())
-            except ValueError:
-                raise ArtifactError(f"{path} is not a PEM public key") from None
+                key = serialization.load_pem_public_key(read_capped(path, MAX_KEY_BYTES))
+            except (OSError, ValueError) as exc:
+                raise ArtifactError(f"{path} is not a PEM public key: {exc}") from None
             if isinstance(key, Ed25519PublicKey):
                 keys[key_id(key)] = key
         return cls(keys, folder, allow_unsigned)
 
-    def check(self, version_dir: Path, manifest_bytes: bytes) -> str:
-        """Who signed these manifest bytes (a key id), or why they are refused."""
+    def check(self, version_dir: Path, manifest_bytes: bytes, signature_file: bytes | None) -> str:
+        """Who signed these manifest bytes (a key id) by this ``manifest.sig`` content, or why they
+        are refused."""
         path = version_dir / SIGNATURE_FILE
-        if not path.is_file():
+        if signature_file is None:
             if self.allow_unsigned:
                 return "unsigned (allowed by --allow-unsigned)"
             raise ArtifactError(
@@ -108,7 +118,7 @@ class Trust:
                 f"`python -m pipeline sign {version_dir}`, or allow unsigned artifacts for a local experiment"
             )
         try:
-            body = json.loads(path.read_text())
+            body = json.loads(signature_file)
             identity, signature = str(body["key"]), base64.b64decode(body["signature"])
         except (ValueError, KeyError, TypeError):
             raise ArtifactError(f"{path} is malformed: refusing the artifact") from None

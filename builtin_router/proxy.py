@@ -10,6 +10,13 @@
 - The admin endpoint (``GET``/``PUT /upstream``: ``{"upstream": S, "canary": S or null, "weight": 0-100}``)
   listens on 127.0.0.1 only and wants the bearer token.
 - SIGTERM: stop accepting, let in-flight requests finish (bounded), exit 0.
+- Clients are held to RFC 9112's strict reading: one exact ``Transfer-Encoding: chunked`` or one
+  ``Content-Length`` (never both), hex-digit chunk sizes, field names without space before the colon,
+  no obsolete line folding, no bare CR or LF: anything else is a 400 and the connection is closed,
+  so no request is read one way here and another way by the instance. A request head must arrive
+  within ``--header-timeout`` seconds (idle keep-alive included) and its body within
+  ``--body-timeout``; past ``--max-connections`` clients a new connection is closed at once.
+- ``X-Switchyard-Shadow`` from a client is dropped: only the live instance marks shadow copies.
 """
 
 from __future__ import annotations
@@ -21,13 +28,18 @@ import hmac
 import json
 import os
 import random
+import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builtin_router import HEALTH_PATH
 
 HEALTH = HEALTH_PATH.encode()
+HEADER_TIMEOUT = 15.0
+BODY_TIMEOUT = 30.0
+MAX_CONNECTIONS = 1024
 MAX_HEAD = 64 * 1024
 MAX_BODY = 4 * 1024 * 1024
 UPSTREAM_TIMEOUT = 60.0
@@ -42,11 +54,16 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"upgrade",
         b"content-length",
+        b"x-switchyard-shadow",  # only the live instance may mark a request as a shadow copy
     }
 )
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 REASONS = {
     200: b"OK",
     400: b"Bad Request",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -85,7 +102,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, Headers] | No
     except asyncio.LimitOverrunError:
         raise ClientError(400, "request head too large") from None
     request_line, _, header_block = raw[:-4].partition(b"\r\n")
-    return request_line, _parse_header_block(header_block)
+    return request_line, _parse_header_block(header_block, strict=True)
 
 
 def _get(headers: Headers, name: bytes) -> bytes | None:
@@ -95,14 +112,34 @@ def _get(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def _framing(headers: Headers) -> tuple[bool, int]:
+    """(chunked, content length) as RFC 9112 section 6 reads them, or a 400 for anything ambiguous."""
+    encodings = [v for k, v in headers if k == b"transfer-encoding"]
+    lengths = [v for k, v in headers if k == b"content-length"]
+    if encodings:
+        if lengths:
+            raise ClientError(400, "both Transfer-Encoding and Content-Length")
+        if len(encodings) != 1 or encodings[0].lower() != b"chunked":
+            raise ClientError(400, "only Transfer-Encoding: chunked is accepted")
+        return True, 0
+    if not lengths:
+        return False, 0
+    if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+        raise ClientError(400, "bad Content-Length")
+    return False, int(lengths[0])
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: Headers, limit: int) -> bytes:
-    encoding = _get(headers, b"transfer-encoding")
-    if encoding is not None and b"chunked" in encoding.lower():
+    chunked, length = _framing(headers)
+    if chunked:
         chunks: list[bytes] = []
         size = 0
         while True:
             line = await reader.readuntil(b"\r\n")
-            length = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            digits = line[:-2].split(b";", 1)[0]
+            if not CHUNK_SIZE.fullmatch(digits):
+                raise ClientError(400, "bad chunk size")
+            length = int(digits, 16)
             if length == 0:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
                     pass
@@ -111,20 +148,23 @@ async def _read_body(reader: asyncio.StreamReader, headers: Headers, limit: int)
             if size > limit:
                 raise ClientError(413, f"body over {limit} bytes")
             chunks.append(await reader.readexactly(length))
-            await reader.readexactly(2)
-    declared = _get(headers, b"content-length")
-    if declared is None:
-        return b""
-    if not declared.isdigit():
-        raise ClientError(400, "bad Content-Length")
-    length = int(declared)
+            if await reader.readexactly(2) != b"\r\n":
+                raise ClientError(400, "chunk data not followed by CRLF")
     if length > limit:
         raise ClientError(413, f"body over {limit} bytes")
     return await reader.readexactly(length)
 
 
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+
+
 class Proxy:
-    def __init__(self, upstream: str | None, token: str) -> None:
+    def __init__(self, upstream: str | None, token: str, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self.upstream = upstream
         self.canary: str | None = None
         self.weight = 0  # percent of requests to the canary
@@ -218,13 +258,18 @@ class Proxy:
     # ------------------------------------------------------------------ client side
 
     async def handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= self.limits.max_connections:
+            writer.close()  # over the cap: refused before a byte is read
+            return
         self.clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
         try:
             while True:
                 try:
-                    head = await _read_head(reader)
+                    head = await asyncio.wait_for(_read_head(reader), self.limits.header_timeout)
+                except TimeoutError:
+                    return  # a slow or idle client: its connection is closed
                 except ClientError as exc:
                     await self._respond(writer, *_error(exc.status, "bad_request", str(exc)), keep_alive=False)
                     return
@@ -234,16 +279,21 @@ class Proxy:
                 self.in_flight += 1
                 try:
                     parts = request_line.split(b" ")
-                    if len(parts) != 3:
+                    if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or parts[2] not in VERSIONS or not parts[1]:
                         await self._respond(writer, *_error(400, "bad_request", "bad request line"), keep_alive=False)
                         return
                     method, target, version = parts
                     conn_header = (_get(headers, b"connection") or b"").lower()
                     keep_alive = (version == b"HTTP/1.1" and conn_header != b"close") or conn_header == b"keep-alive"
                     try:
-                        body = await _read_body(reader, headers, MAX_BODY)
+                        body = await asyncio.wait_for(_read_body(reader, headers, MAX_BODY), self.limits.body_timeout)
                     except ClientError as exc:
                         await self._respond(writer, *_error(exc.status, "bad_request", str(exc)), keep_alive=False)
+                        return
+                    except TimeoutError:
+                        await self._respond(
+                            writer, *_error(408, "timeout", "the body came too slowly"), keep_alive=False
+                        )
                         return
                     if target == HEALTH:
                         response = 200, [(b"content-type", b"application/json")], b'{"router": "builtin"}'
@@ -323,7 +373,10 @@ class Proxy:
             writer.close()
 
 
-def _parse_header_block(raw: bytes) -> Headers:
+def _parse_header_block(raw: bytes, *, strict: bool = False) -> Headers:
+    """Header fields, lower-cased names. ``strict`` (a client's request) refuses what RFC 9112 says a
+    server must refuse or must not pass on: space before the colon, obsolete line folding, a name that
+    is not a token, a bare CR, LF or NUL in a value."""
     headers: Headers = []
     for line in raw.split(b"\r\n"):
         if not line:
@@ -331,13 +384,15 @@ def _parse_header_block(raw: bytes) -> Headers:
         name, sep, value = line.partition(b":")
         if not sep:
             raise ClientError(400, "malformed header line")
-        headers.append((name.strip().lower(), value.strip()))
+        if strict and (not TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\0"))):
+            raise ClientError(400, "malformed header line")
+        headers.append((name.strip().lower(), value.strip(b" \t")))
     return headers
 
 
 async def serve(args: argparse.Namespace) -> int:
     token = Path(args.token_file).read_text().strip()
-    proxy = Proxy(args.upstream, token)
+    proxy = Proxy(args.upstream, token, Limits(args.header_timeout, args.body_timeout, args.max_connections))
     host, _, port = args.listen.rpartition(":")
     server = await asyncio.start_server(
         proxy.handle_client, host or "127.0.0.1", int(port), backlog=4096, limit=MAX_HEAD
@@ -373,6 +428,13 @@ def main() -> int:
     parser.add_argument("--upstream", help="initial upstream unix socket path")
     parser.add_argument("--pid-file", help="write the pid here once listening")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    parser.add_argument(
+        "--header-timeout", type=float, default=HEADER_TIMEOUT, help="seconds a request head (or an idle wait) may take"
+    )
+    parser.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT, help="seconds a request body may take")
+    parser.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS, help="client connections at once; more are closed"
+    )
     args = parser.parse_args()
     try:
         import uvloop
