@@ -12,6 +12,8 @@ CLI catches them in one place (:func:`controller.release.main`).
 
 from __future__ import annotations
 
+from controller.vocabulary import StepName
+
 
 class SwitchyardError(Exception):
     exit_code = 1
@@ -22,7 +24,7 @@ class Refused(SwitchyardError):
 
 
 class CheckFailed(SwitchyardError):
-    def __init__(self, step: str, reason: str) -> None:
+    def __init__(self, step: StepName, reason: str) -> None:
         super().__init__(f"{step} failed: {reason}")
         self.step = step
         self.reason = reason

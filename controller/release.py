@@ -35,11 +35,12 @@ if __package__ in (None, ""):  # run as `python controller/release.py`: import f
 
 from pydantic import ValidationError
 
-from controller import registry
+from artifact.options import first_error
+from controller.drivers import registry
+from controller.drivers.seams import Hooks
 from controller.errors import SwitchyardError, UsageError
-from controller.seams import Hooks
 from controller.settings import ControllerSettings
-from service.settings import first_error
+from controller.vocabulary import StepName
 
 SETTING_OPTIONS = {
     "models_dir": ("--models-dir", "model registry (default: models/) [env SWITCHYARD_MODELS_DIR]"),
@@ -176,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("version", nargs="?", help="kubernetes: the version blue serves at first, or 'latest'")
     render.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     render.add_argument("--replicas", type=int, default=2, help="pods per color once staged (default: 2)")
-    render.add_argument("--image", help="the service image (default: the --backend docker image)")
+    render.add_argument(
+        "--image", help="the service image, with a fixed tag or digest (default: switchyard-service:<this version>)"
+    )
     render.add_argument(
         "--models-source",
         default="pvc:switchyard-models",
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(an init container copies the image's /models)",
     )
     render.add_argument("--out", help="folder to write into (default: k8s/ for kubernetes, . for systemd)")
+    render.add_argument("--user", help="systemd: the user the unit runs as (default: the run dir's owner)")
 
     users = add("users", "console accounts: add, list, remove (passwords from a prompt or stdin)")
     users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -243,10 +247,10 @@ def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
 
     from artifact.manifest import ArtifactError
     from artifact.trust import verify
-    from controller.checks import check_instance
+    from controller.core.facts import Instance
+    from controller.drivers.probes import HttpProbes
     from controller.errors import CheckFailed
-    from controller.facts import Instance
-    from controller.probes import HttpProbes
+    from controller.run.checks import check_instance
 
     url = urlsplit(args.url)
     if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
@@ -255,8 +259,8 @@ def check(args: argparse.Namespace, settings: ControllerSettings) -> int:
     try:
         manifest = verify(registry.version_dir(settings.models_dir, args.name, version), settings.trust())
     except ArtifactError as exc:
-        raise CheckFailed("verify", str(exc)) from None
-    live = registry.manifest(settings.models_dir, args.name, args.against) if args.against else None
+        raise CheckFailed(StepName.VERIFY, str(exc)) from None
+    live = registry.manifest(settings.models_dir, args.name, args.against, settings.trust()) if args.against else None
     instance = Instance("preview", version, "", url.port, "", manifest.artifact.sha256)
     for line in check_instance(HttpProbes(timeout=5.0), instance, manifest, live, settings.gate_tolerance):
         print(f"check: {line}")
@@ -276,7 +280,7 @@ def read_password(user: str) -> str:
 
 
 def users(args: argparse.Namespace, settings: ControllerSettings) -> int:
-    from controller.users import Accounts
+    from controller.drivers.users import Accounts
 
     accounts = Accounts(settings.run_dir)
     if args.users_command == "add":
@@ -292,15 +296,15 @@ def users(args: argparse.Namespace, settings: ControllerSettings) -> int:
 
 
 def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
-    from controller import report
-    from controller.deployment import Deployment
+    from controller.cli import report
+    from controller.run.deployment import Deployment
 
     settings = _settings(args)
     command = args.command
     if command == "check":
         return check(args, settings)
     if command == "render":
-        from controller import render
+        from controller.cli import render
 
         return render.run(args, settings)
     if command == "users":
@@ -349,11 +353,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     elif command == "heal":
         message = deployment.heal()
     else:
-        from controller import agent
         from controller.console.serve import stop
+        from controller.drivers import agents
 
         message = deployment.down()
-        if agent.stop(settings):
+        if agents.stop(settings):
             message += "; stopped the agent"
         if stop(settings):
             message += "; stopped the console"

@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from artifact.options import parse_cpus
 from artifact.signing import Trust
-from service.settings import parse_cpus
 
 
 class ControllerSettings(BaseSettings):
@@ -24,6 +24,11 @@ class ControllerSettings(BaseSettings):
     backend: Literal["process", "docker"] = "process"
     router_host: str = "127.0.0.1"
     router_port: int = Field(8000, ge=1, le=65535)
+    router_header_timeout: float = Field(
+        15.0, gt=0, description="builtin router: seconds a request head, or an idle keep-alive wait, may take"
+    )
+    router_body_timeout: float = Field(30.0, gt=0, description="builtin router: seconds a request body may take")
+    router_max_connections: int = Field(1024, ge=1, description="builtin router: client connections at once")
     ready_timeout: float = Field(60.0, gt=0, description="seconds a new instance has to become ready")
     lock_timeout: float = Field(5.0, ge=0, description="seconds to wait for another command to finish")
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="how much worse the candidate's metric may be")
@@ -38,6 +43,8 @@ class ControllerSettings(BaseSettings):
     docker_router_image: str = Field("switchyard-router:latest", description="docker/router/Dockerfile's image")
     docker_network: str = Field("switchyard", description="the network the router and instances share")
     docker_project: str = Field("switchyard", description="the switchyard.project label of its containers")
+    docker_memory: str = Field("1g", description="memory limit of each container (docker's units: 512m, 2g)")
+    docker_pids: int = Field(256, ge=16, description="process limit of each container")
     docker_socket_dir: Path | None = Field(None, description="host folder for the unix sockets; default: run dir")
     trusted_keys: Path = Field(Path("keys/trusted"), description="public keys an artifact must be signed by")
     allow_unsigned: bool = Field(False, description="release unsigned artifacts too: local experiments only")
@@ -51,28 +58,53 @@ class ControllerSettings(BaseSettings):
     shadow_min_requests: int = Field(100, ge=0, description="promote: compared requests needed")
     shadow_min_agreement: float = Field(0.5, ge=0, le=1, description="promote: top-1 agreement with live needed")
     shadow_max_errors: int = Field(0, ge=0, description="promote: candidate errors allowed on copies")
-    shadow_max_p99_ratio: float = Field(3.0, ge=1, description="promote: candidate p99 / live p99 allowed")
+    shadow_max_p99_ratio: float = Field(
+        3.0, ge=1, description="promote: candidate p99 / live p99 allowed (tested on the answers past it)"
+    )
     watch_seconds: float = Field(300.0, ge=0, description="the watch after every deploy; 0: none")
     step_seconds: float = Field(60.0, gt=0, description="how long each canary step lasts at least")
     supervise: bool = Field(True, description="the agent restarts a dead router or live instance")
     agent_interval: float = Field(0.25, gt=0, description="seconds between the agent's looks")
-    analysis_min_requests: int = Field(50, ge=1, description="requests before the 5xx rate can roll back")
-    analysis_min_samples: int = Field(
-        200, ge=1, description="requests before latency and labels are judged, and before a step passes"
+    analysis_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="the chance that the agent rolls back, or aborts, a version no worse than the old one, "
+        "per canary step or watch, however often it looks",
     )
-    analysis_max_error_rate: float = Field(0.05, ge=0, le=1, description="share of 5xx answers that rolls back")
-    analysis_max_p99_ratio: float = Field(2.0, ge=1, description="a new request slower than this x old p99 is slow")
-    analysis_max_slow_share: float = Field(
-        0.05, gt=0, le=1, description="the share of slow requests (see max_p99_ratio) that rolls back"
+    analysis_error_effect: float = Field(
+        2.0, gt=1, description="the 5xx rate, as a multiple of the old one, that the error test is tuned to find"
     )
-    latency_slack_ms: float = Field(
-        10.0, ge=0, description="added to every latency ceiling (shadow and analysis): scheduling noise, not a verdict"
+    analysis_error_absolute: float = Field(
+        0.01, ge=0, le=1, description="a new 5xx rate surely below the old one plus this is 'not worse'"
     )
+    analysis_latency_quantile: float = Field(0.95, gt=0, lt=1, description="the latency quantile compared (the p95)")
+    analysis_latency_effect: float = Field(
+        2.0, gt=1, description="the new slot's quantile may be at most this many times the old slot's"
+    )
+    analysis_label_effect: float = Field(
+        1.2, gt=1, description="a label's share, as a multiple of the old, that the predictions test is tuned to find"
+    )
+    analysis_min_samples: int = Field(200, ge=1, description="requests of the new slot before a canary step passes")
     analysis_max_label_shift: float = Field(
-        0.3, ge=0, le=1, description="total variation distance of predicted labels that rolls back"
+        0.25,
+        ge=0,
+        le=1,
+        description="the least total variation distance of predicted labels that rolls back (a new model is "
+        "expected to answer differently; one class for everything moves about 0.75)",
     )
     notify: str = Field("", description="webhook URLs for release events, comma-separated")
     console_url: str | None = Field(None, description="the console's address, for links in notifications")
+    console_hosts: str = Field(
+        "",
+        description="Host header values the console answers, comma-separated, besides its own address and "
+        "console_url's host (a DNS-rebinding page is refused)",
+    )
+    console_trusted_proxies: str = Field(
+        "",
+        description="addresses of reverse proxies whose X-Forwarded-For/-Proto the console believes, "
+        "comma-separated; none by default, so a client cannot pick the address its login attempts count against",
+    )
 
     @field_validator("instance_cpu_affinity")
     @classmethod

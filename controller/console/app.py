@@ -7,37 +7,52 @@
     GET  /confirm/{action}   a deployer confirms a deploy, a rollback or the abort of a canary or
                              watch, restated in plain words
     POST /actions/{action}   runs it: the CLI's own operation, under the same lock, as that user
-    GET  /artifacts/{version}/confusion_matrix.png
+    GET  /artifacts/{version}/confusion_matrix.png   only if its sha256 is in the signed manifest
 
 Every page needs a session; actions need the deployer role (a viewer's POST is a 403) and the
-session's CSRF token (a POST without it is a 403).
+session's CSRF token (a POST without it is a 403). The session's account is read again on every
+request. A request whose Host is not the console's own is refused (400), and a body over the limit
+is refused as its bytes arrive (413), whatever its headers say.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from controller import registry
 from controller.console import pages
-from controller.console.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, Sessions, Throttle, new_token, same
-from controller.errors import SwitchyardError, UsageError
+from controller.console.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Session,
+    Sessions,
+    Throttle,
+    cookie_name,
+    new_token,
+    same,
+)
+from controller.drivers.users import Accounts
+from controller.errors import SwitchyardError
 from controller.settings import ControllerSettings
-from controller.users import Accounts
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
+SHORT_WAIT = 1.0
+HASHING_AT_ONCE = 2  # scrypt costs memory and a core: logins past this are told to retry (429)
 ACTIONS = ("promote", "rollback", "abort")
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; form-action 'self'; "
@@ -50,7 +65,8 @@ HEADERS = {
 
 
 class Guard:
-    """Security headers on every answer; request bodies over the limit refused before they are read."""
+    """Security headers on every answer; a request body read whole, counted as its bytes arrive, and
+    refused (413) past the limit, before any route sees it (a chunked body has no length to trust)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -59,10 +75,26 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY:
-            await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
+        too_large = PlainTextResponse("request body too large", status_code=413)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await too_large(scope, receive, send)
             return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay: list[MutableMapping[str, Any]] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replayed() -> MutableMapping[str, Any]:
+            return replay.pop() if replay else await receive()
 
         async def with_headers(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -72,13 +104,30 @@ class Guard:
                 ]
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        await self.app(scope, replayed, with_headers)
 
 
-def create_app(settings: ControllerSettings) -> ASGIApp:
+def allowed_hosts(settings: ControllerSettings, address: str) -> list[str]:
+    """The Host header values the console answers: its own address, loopback names when it listens
+    on loopback, console_url's host and the configured ones. Listening on every address with none
+    configured, any host is accepted (there is no name to check against)."""
+    from urllib.parse import urlsplit
+
+    hosts = {address, *(h.strip() for h in settings.console_hosts.split(",") if h.strip())}
+    if address in ("127.0.0.1", "::1", "localhost"):
+        hosts |= {"127.0.0.1", "localhost", "::1", "[::1]"}
+    if settings.console_url:
+        hosts.add(urlsplit(settings.console_url).hostname or "")
+    if address in ("0.0.0.0", "::") and not settings.console_hosts and not settings.console_url:
+        return ["*"]
+    return sorted(h for h in hosts if h)
+
+
+def create_app(settings: ControllerSettings, address: str = "127.0.0.1") -> ASGIApp:
     accounts = Accounts(settings.run_dir)
     sessions = Sessions()
     throttle = Throttle()
+    hashing = asyncio.Semaphore(HASHING_AT_ONCE)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["zip"] = zip  # a disagreement pairs each row's live and candidate labels
 
@@ -89,33 +138,61 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
             request, template, {"session": session, "messages": messages, **context}, status_code=status
         )
 
+    def cookie(request: Request, name: str) -> str:
+        return cookie_name(name, request.url.scheme == "https")
+
+    def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+        tls = request.url.scheme == "https"
+        response.set_cookie(
+            cookie_name(name, tls), value, httponly=True, samesite="strict", secure=tls, path="/", max_age=max_age
+        )
+
     def session_of(request: Request) -> Session | None:
-        return sessions.get(request.cookies.get(SESSION_COOKIE))
+        token = request.cookies.get(cookie(request, SESSION_COOKIE))
+        session = sessions.get(token)
+        if session is None:
+            return None
+        user = accounts.find(session.user.name)  # removed or changed since the login: holds at once
+        if user is None:
+            sessions.close(token)
+            return None
+        session.user = user
+        return session
 
     async def login_page(request: Request) -> Response:
-        token = request.cookies.get(LOGIN_COOKIE) or new_token()
+        token = request.cookies.get(cookie(request, LOGIN_COOKIE)) or new_token()
         response = render(request, "login.html", None, token=token, error=None, no_accounts=not accounts.list())
-        response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", max_age=3600)
+        set_cookie(request, response, LOGIN_COOKIE, token, 3600)
         return response
 
     async def login(request: Request) -> Response:
         form = await request.form()
         name, password = str(form.get("user", "")), str(form.get("password", ""))
-        token = request.cookies.get(LOGIN_COOKIE) or ""
+        token = request.cookies.get(cookie(request, LOGIN_COOKIE)) or ""
         if not token or not same(str(form.get("token", "")), token):
             return PlainTextResponse("the login form has expired; reload the page", status_code=403)
-        keys = (f"user:{name}", f"client:{request.client.host if request.client else '?'}")
-        await asyncio.sleep(throttle.delay(*keys))  # repeated wrong passwords wait longer and longer
-        user = await run_in_threadpool(accounts.check, name, password)
+        keys = (f"user:{name[:64]}", f"client:{request.client.host if request.client else '?'}")
+        # Decided before any hashing: a key's concurrent guesses are not checked, nor any login past
+        # the global cap on hashes at once.
+        wait = 1.0 if hashing.locked() else throttle.admit(*keys)
+        if 0 < wait <= SHORT_WAIT:  # a person who mistyped once waits a moment rather than retyping
+            await asyncio.sleep(wait)
+            wait = 1.0 if hashing.locked() else throttle.admit(*keys)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            error = f"too many attempts: try again in {retry} s"
+            response = render(request, "login.html", None, 429, token=token, error=error)
+            response.headers["Retry-After"] = str(retry)
+            return response
+        async with hashing:
+            user = await run_in_threadpool(accounts.check, name, password)
         if user is None:
             throttle.failed(*keys)
             return render(request, "login.html", None, 401, token=token, error="wrong name or password")
         throttle.succeeded(*keys)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE, sessions.open(user), httponly=True, samesite="strict", max_age=int(sessions.seconds)
-        )
-        response.delete_cookie(LOGIN_COOKIE)
+        set_cookie(request, response, SESSION_COOKIE, sessions.open(user), int(sessions.seconds))
+        response.delete_cookie(cookie(request, LOGIN_COOKIE))
         return response
 
     async def logout(request: Request) -> Response:
@@ -123,9 +200,9 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
         form = await request.form()
         if session is None or not same(str(form.get("csrf", "")), session.csrf):
             return PlainTextResponse("invalid CSRF token", status_code=403)
-        sessions.close(request.cookies.get(SESSION_COOKIE))
+        sessions.close(request.cookies.get(cookie(request, SESSION_COOKIE)))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        response.delete_cookie(cookie(request, SESSION_COOKIE))
         return response
 
     def page(template: str, gather: Any) -> Any:
@@ -182,12 +259,12 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
         name = await run_in_threadpool(pages.model_name, settings)
         try:
             version = int(request.path_params["version"])
-            path = registry.version_dir(settings.models_dir, name or "", version) / "confusion_matrix.png"
-        except (UsageError, ValueError):
+        except ValueError:
             return PlainTextResponse("no such version", status_code=404)
-        if not path.is_file():
-            return PlainTextResponse("no confusion matrix for this version", status_code=404)
-        return FileResponse(path, media_type="image/png")
+        image = await run_in_threadpool(pages.report, settings, name, version, "confusion_matrix.png")
+        if image is None:
+            return PlainTextResponse("no signed confusion matrix for this version", status_code=404)
+        return Response(image, media_type="image/png")
 
     app = Starlette(
         routes=[
@@ -201,6 +278,7 @@ def create_app(settings: ControllerSettings) -> ASGIApp:
             Route("/actions/{action}", act, methods=["POST"]),
             Route("/artifacts/{version}/confusion_matrix.png", confusion_matrix, methods=["GET"]),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
-        ]
+        ],
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, address))],
     )
     return Guard(app)

@@ -5,16 +5,19 @@ and the history."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from artifact.manifest import Manifest
-from controller import evidence, registry
-from controller.checks import gate
-from controller.deployment import Deployment
+from artifact.safeio import MAX_REPORT_BYTES, read_capped
+from controller.core import evidence
+from controller.drivers import registry
+from controller.drivers.probes import HttpProbes
 from controller.errors import UsageError
-from controller.probes import HttpProbes
+from controller.run.checks import gate
+from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
 
 PROBE_SECONDS = 0.5
@@ -30,9 +33,24 @@ def manifest(settings: ControllerSettings, name: str | None, version: int | None
     if name is None or version is None:
         return None
     try:
-        return registry.manifest(settings.models_dir, name, version)
+        return registry.manifest(settings.models_dir, name, version, settings.trust())
     except UsageError:
         return None
+
+
+def report(settings: ControllerSettings, name: str | None, version: int, file: str) -> bytes | None:
+    """A version's report file, if it is a regular file (no link followed) whose sha256 the signed
+    manifest lists: anything else in the models folder (a link to the signing key) is never served."""
+    found = manifest(settings, name, version)
+    digest = found.reports.get(file) if found else None
+    if found is None or digest is None:
+        return None
+    path = registry.version_dir(settings.models_dir, found.name, version) / file
+    try:
+        data = read_capped(path, MAX_REPORT_BYTES)
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == digest else None
 
 
 def describe(manifest: Manifest | None) -> dict[str, Any]:
@@ -107,7 +125,7 @@ def live_evidence(settings: ControllerSettings, examples: int = 5, shares: int =
     _, found = deployment(settings).evidence()
     if found is None:
         return None
-    data = evidence.as_json(found)
+    data = evidence.as_json(found, settings)
     data["shares"] = data["shares"][:shares]
     data["examples"] = data["examples"][:examples]
     return data | {"over": evidence.duration(found.span), "verdict": evidence.judge(found, settings)}

@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import sys
 import time
+from typing import Any
 
 import httpx
 
-from controller import host, loopback
+from controller.drivers import host, loopback
+from controller.drivers.users import Accounts
 from controller.errors import NeedsOperator, UsageError
 from controller.settings import ControllerSettings
-from controller.users import Accounts
 
 READY_SECONDS = 30.0
 
@@ -49,8 +50,24 @@ def console(settings: ControllerSettings, address: str, port: int, *, detach: bo
     from controller.console.app import create_app
 
     print(f"console: {url} ({len(accounts)} account(s); Ctrl-C stops it)", flush=True)
-    uvicorn.run(create_app(settings), host=address, port=port, log_level="warning", server_header=False)
+    uvicorn.run(create_app(settings, address), host=address, port=port, **uvicorn_options(settings))
     return 0
+
+
+def uvicorn_options(settings: ControllerSettings) -> dict[str, Any]:
+    """X-Forwarded-* believed only from the configured proxies (uvicorn's default believes loopback,
+    which would let any local client choose the address its login attempts count against); timeouts
+    and a connection cap so idle or slow clients cannot hold the console."""
+    proxies = [p.strip() for p in settings.console_trusted_proxies.split(",") if p.strip()]
+    return {
+        "log_level": "warning",
+        "server_header": False,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
+        "timeout_keep_alive": 5,
+        "limit_concurrency": 256,
+        "h11_max_incomplete_event_size": 16 * 1024,
+    }
 
 
 def _detach(settings: ControllerSettings, address: str, port: int, url: str) -> int:
@@ -95,4 +112,9 @@ if __name__ == "__main__":  # the detached console: settings as JSON, address, p
     from controller.console.app import create_app
 
     serve_settings = ControllerSettings.model_validate_json(sys.argv[1])
-    uvicorn.run(create_app(serve_settings), host=sys.argv[2], port=int(sys.argv[3]), log_level="warning")
+    uvicorn.run(
+        create_app(serve_settings, sys.argv[2]),
+        host=sys.argv[2],
+        port=int(sys.argv[3]),
+        **uvicorn_options(serve_settings),
+    )
