@@ -17,32 +17,69 @@ def _models_dir(value: str | None) -> Path:
     return Path(value or os.environ.get("SWITCHYARD_MODELS_DIR") or "models")
 
 
-def _signer(args: argparse.Namespace) -> Any:
-    """The signing key; on first use a new pair, whose public key the service and controller trust."""
-    from artifact.signing import create_key, load_private
-
+def _key_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     key = Path(args.signing_key or os.environ.get("SWITCHYARD_SIGNING_KEY") or "keys/signing.key")
-    if not key.exists():
-        trusted = Path(args.trusted_keys or os.environ.get("SWITCHYARD_TRUSTED_KEYS") or "keys/trusted")
-        identity = create_key(key, trusted)
-        print(
-            f"[train] created a signing key pair: {key} (private, keep it secret) and {trusted}/{identity}.pub "
-            "(trusted by the service and the controller)",
-            file=sys.stderr,
-        )
+    trusted = Path(args.trusted_keys or os.environ.get("SWITCHYARD_TRUSTED_KEYS") or "keys/trusted")
+    return key, trusted
+
+
+def _new_key(key: Path, trusted: Path, prog: str) -> None:
+    from artifact.signing import create_key
+
+    identity = create_key(key, trusted)
+    print(
+        f"[{prog}] created a signing key pair: {key} (private, keep it secret) and {trusted}/{identity}.pub "
+        "(trusted by the service and the controller)",
+        file=sys.stderr,
+    )
+
+
+def _signer(args: argparse.Namespace, *, create: bool) -> Any:
+    """The signing key. ``train`` makes a pair on first use (and says so); ``sign`` never does: a key
+    that appears by itself would be trusted by everything downstream without anyone deciding it."""
+    from artifact.signing import load_private
+
+    key, trusted = _key_paths(args)
+    if create and not key.exists() and not key.is_symlink():
+        _new_key(key, trusted, "train")
     return load_private(key)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key, trusted = _key_paths(args)
+    if key.exists() or key.is_symlink():
+        raise ArtifactError(f"{key} exists already: refusing to replace a signing key (move it away first)")
+    _new_key(key, trusted, "keygen")
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
-    from artifact.signing import sign
-    from artifact.trust import model_path, sha256_file
+    """Sign the manifest bytes read here, once, after checking the model file against them."""
+    import hashlib
+
+    from artifact.manifest import MANIFEST_FILE, parse_manifest
+    from artifact.safeio import MAX_MANIFEST_BYTES, UnsafeFile, read_capped, write_private
+    from artifact.signing import SIGNATURE_FILE, key_id, signature_file
+    from artifact.trust import model_path
 
     version_dir = Path(args.version_dir)
-    manifest = read_manifest(version_dir)
-    path = model_path(version_dir, manifest)
-    if sha256_file(path) != manifest.artifact.sha256:
+    private = _signer(args, create=False)
+    try:
+        data = read_capped(version_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        manifest = parse_manifest(data, version_dir / MANIFEST_FILE)
+        path = model_path(version_dir, manifest)
+        payload = read_capped(path, manifest.artifact.size)
+    except (OSError, UnsafeFile) as exc:
+        raise ArtifactError(f"cannot sign {version_dir}: {exc}") from None
+    if hashlib.sha256(payload).hexdigest() != manifest.artifact.sha256:
         raise ArtifactError(f"{path} does not match its manifest's sha256: refusing to sign it")
-    print(f"[sign] {version_dir} signed by key {sign(version_dir, _signer(args))}", file=sys.stderr)
+    try:
+        write_private(version_dir / SIGNATURE_FILE, signature_file(data, private), 0o644)
+    except FileExistsError:
+        raise ArtifactError(
+            f"{version_dir} is signed already ({SIGNATURE_FILE} exists): remove it to sign again"
+        ) from None
+    print(f"[sign] {version_dir} signed by key {key_id(private.public_key())}", file=sys.stderr)
     return 0
 
 
@@ -51,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import train
 
     config = load_config(Path(args.config), data_override=Path(args.data) if args.data else None)
-    path, manifest = train(config, _models_dir(args.models_dir), _signer(args))
+    path, manifest = train(config, _models_dir(args.models_dir), _signer(args, create=True))
     holdout = manifest.metrics["holdout"]
     cv = manifest.metrics.get("cv")
     cv_text = f", cv {cv['accuracy']}/{cv['macro_f1']}" if cv else ""
@@ -77,6 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ("kind", a.model["kind"], b.model["kind"]),
         ("created_at", a.created_at, b.created_at),
         ("dataset sha256", a.dataset.sha256[:12], b.dataset.sha256[:12]),
+        ("grouped by", a.metrics.get("grouped_by") or "-", b.metrics.get("grouped_by") or "-"),
     ]
     for key in ("accuracy", "macro_f1"):
         rows.append((f"holdout {key}", a.metrics["holdout"][key], b.metrics["holdout"][key]))
@@ -100,6 +138,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{label:{width}}  {_fmt(va):>{col}}  {_fmt(vb):>{col}}  {delta}")
     if a.dataset.sha256 != b.dataset.sha256:
         print("note: the two versions were trained on different data; held-out figures are not comparable")
+    if a.metrics.get("grouped_by") != b.metrics.get("grouped_by"):
+        print("note: one version was evaluated on groups it never saw and the other was not; not comparable")
     return 0
 
 
@@ -123,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="a training config, e.g. pipeline/configs/industry.toml")
     train.add_argument("--models-dir", help="registry root (default: $SWITCHYARD_MODELS_DIR or models/)")
     train.add_argument("--data", help="use this CSV instead of the config's data.path")
-    for command in (train, sign):
+    keygen = sub.add_parser("keygen", help="create a signing key pair (refuses to replace one)")
+    keygen.set_defaults(func=cmd_keygen)
+    for command in (train, sign, keygen):
         command.add_argument(
-            "--signing-key", help="private key (default: $SWITCHYARD_SIGNING_KEY or keys/signing.key; made if absent)"
+            "--signing-key",
+            help="private key (default: $SWITCHYARD_SIGNING_KEY or keys/signing.key; train makes one if absent)",
         )
         command.add_argument(
             "--trusted-keys",

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    path: Path
+    path: Path | list[Path]  # several CSVs of the same label space: one dataset, each row knowing its file
     label_column: str
     text_column: str | None = None
     feature_columns: list[str] | None = None
@@ -34,13 +34,24 @@ class DataConfig(_Strict):
             raise ValueError("give exactly one of text_column or feature_columns")
         if self.feature_columns is not None and not self.feature_columns:
             raise ValueError("feature_columns is empty")
+        if isinstance(self.path, list) and not self.path:
+            raise ValueError("path is an empty list")
         return self
+
+    @property
+    def paths(self) -> list[Path]:
+        return self.path if isinstance(self.path, list) else [self.path]
 
 
 class SplitConfig(_Strict):
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
     cv_folds: int = Field(0, ge=0, description="0 skips cross-validation; otherwise >= 2")
+    group_column: str | None = Field(
+        None,
+        description="rows with the same value (a company's ticker) always fall on the same side of every "
+        "split, and the evaluation sets are scored only by models that never saw their group",
+    )
 
     @model_validator(mode="after")
     def _folds(self) -> SplitConfig:
@@ -87,6 +98,11 @@ class TrainConfig(_Strict):
             raise ValueError(f"model kind {self.model.kind!r} needs data.text_column")
         if self.model.kind == "tabular" and text:
             raise ValueError("model kind 'tabular' needs data.feature_columns, not text_column")
+        if len(self.data.paths) > 1 and not self.split.group_column:
+            raise ValueError(
+                "several data files need split.group_column: a company's rows from each file must stay on "
+                "one side of every split"
+            )
         return self
 
 
@@ -106,7 +122,11 @@ def load_config(path: Path, *, data_override: Path | None = None) -> TrainConfig
             raise ConfigError(f"{path}: unknown key {where!r}") from None
         raise ConfigError(f"{path}: {where}: {err['msg']}") from None
     base = path.resolve().parent
-    config.data.path = data_override.resolve() if data_override else (base / config.data.path).resolve()
+    if data_override:
+        config.data.path = data_override.resolve()
+    else:
+        resolved = [(base / p).resolve() for p in config.data.paths]
+        config.data.path = resolved if isinstance(config.data.path, list) else resolved[0]
     for eval_set in config.evaluate.sets:
         eval_set.path = (base / eval_set.path).resolve()
     return config

@@ -20,7 +20,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from artifact.linear import CalibratedLinearText
+from artifact.linear import CalibratedLinearText, LeadSentences
 from artifact.rules import KeywordRuleModel
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
@@ -38,6 +38,7 @@ TFIDF_DEFAULTS: dict[str, Any] = {
     "class_weight": "balanced",
     "calibration_cv": 3,
     "seed": 0,
+    "lead_sentences": 0,  # > 0: the first sentences' words again, as a block of their own
 }
 
 TABULAR_DEFAULTS: dict[str, Any] = {
@@ -117,7 +118,8 @@ def _tfidf_linear(p: dict[str, Any]) -> Pipeline:
         clf = LogisticRegression(C=p["C"], class_weight=p["class_weight"], max_iter=3000)
     else:
         raise ConfigError(f"model.params.classifier must be 'svm' or 'logreg', got {p['classifier']!r}")
-    return Pipeline([("features", features), ("clf", clf)])
+    lead = [("lead", LeadSentences(int(p["lead_sentences"])))] if p["lead_sentences"] else []
+    return Pipeline([*lead, ("features", features), ("clf", clf)])
 
 
 def _tabular(p: dict[str, Any]) -> Pipeline:
