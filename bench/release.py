@@ -29,7 +29,7 @@ import httpx
 
 from bench.load import lua_script, wrk
 from bench.serve import ROOT, log, train
-from controller.host import free_port
+from controller.drivers.host import free_port
 
 BODY = {"description": "We operate natural gas pipelines and refineries in Texas."}
 
@@ -94,7 +94,7 @@ def main() -> int:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
 
-    from controller.deployment import Deployment
+    from controller.run.deployment import Deployment
     from controller.settings import ControllerSettings
 
     scratch = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))

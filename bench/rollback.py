@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from bench.serve import ROOT, log, train
-from controller.host import free_port
+from controller.drivers.host import free_port
 
 sys.path.insert(0, str(ROOT / "tests"))  # the faulty model class and the test signing key live there
 

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import httpx
 
+from artifact.signing import Trust
 from bench.load import lua_script, wrk
-from controller.host import free_port
+from controller.drivers.host import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "companies" / "russell3000_yahoo.csv"
@@ -81,15 +82,19 @@ def shown(path: Path) -> str:
 
 
 def in_process(
-    model_dir: Path, texts: list[str], seconds: float, sizes: tuple[int, ...] = (1, 8, 32, 128)
+    model_dir: Path,
+    texts: list[str],
+    seconds: float,
+    sizes: tuple[int, ...] = (1, 8, 32, 128),
+    trust: Trust | None = None,
 ) -> dict[int, float]:
-    """Microseconds per call of predict_proba for each batch size, ``seconds / 4`` each."""
+    """Microseconds per call of predict_proba for each batch size, ``seconds / 4`` each (``trust``:
+    the keys the model was signed with; the pipeline's own by default)."""
     from threadpoolctl import threadpool_limits
 
-    from artifact.signing import Trust
     from artifact.trust import load_model
 
-    model, _ = load_model(model_dir, Trust.from_folder(ROOT / "keys" / "trusted"))  # the pipeline's own key
+    model, _ = load_model(model_dir, trust or Trust.from_folder(ROOT / "keys" / "trusted"))
     out: dict[int, float] = {}
     with threadpool_limits(1):
         for size in sizes:

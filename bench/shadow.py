@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.load import lua_script, wrk
 from bench.serve import ROOT, SHARED, log, train
-from controller.host import free_port
+from controller.drivers.host import free_port
 
 SETTINGS = {
     "off": ("--no-shadow",),

@@ -12,7 +12,8 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import ServiceSettings, first_error
+from artifact.options import first_error
+from service.settings import ServiceSettings
 
 EXIT_USAGE = 2
 

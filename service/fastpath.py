@@ -19,11 +19,12 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from artifact.shadow import ELAPSED_HEADER
 from service.batching import MicroBatcher, Render
 from service.errors import BadRequest, Invalid, MethodNotAllowed, ModelFailure, NotReady, ServiceError, TooLarge, render
 from service.predictor import Row
 from service.runtime import ModelRuntime
-from service.shadow import ELAPSED_HEADER, Mirror
+from service.shadow import Mirror
 
 log = logging.getLogger("switchyard.service")
 JSON_HEADERS = [(b"content-type", b"application/json")]

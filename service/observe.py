@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from service.shadow import SHADOW_HEADER
+from artifact.shadow import SHADOW_HEADER
 
 access_log = logging.getLogger("switchyard.access")
 
@@ -37,7 +37,13 @@ def route_of(path: str) -> str:
     return "/v2" if path == "/v2" or path.startswith("/v2/") else "other"
 
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Fine where models answer (a millisecond or a few): the agent compares a new version's p95 with
+# twice the old one's, and a bucket bound is what it reads, so coarse buckets would hide a 1 ms model
+# that became 5 ms behind a 2 -> 5 ms jump.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 
 
 class Metrics:

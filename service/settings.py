@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from artifact.options import parse_cpus
 
 
 class ServiceSettings(BaseSettings):
@@ -76,34 +77,3 @@ class ServiceSettings(BaseSettings):
         if parse_cpus(self.cpu_affinity):
             return 1  # a pinned worker has one core: more native threads would only take turns on it
         return max(1, len(os.sched_getaffinity(0)) // self.workers)
-
-
-def parse_cpus(value: str) -> list[int]:
-    """``auto`` -> the CPUs this process may use; ``auto-reversed`` -> the same, last first; ``off`` ->
-    []; ``2,3`` or ``0-3`` -> those, which must be among the CPUs this process may use. Raises
-    ValueError with a one-line reason."""
-    allowed = sorted(os.sched_getaffinity(0))
-    text = value.strip().lower()
-    if text == "off":
-        return []
-    if text == "auto":
-        return allowed
-    if text == "auto-reversed":
-        return allowed[::-1]
-    cpus: list[int] = []
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not (last.isdigit() and int(last) >= int(first))):
-            raise ValueError(f"expected auto, auto-reversed, off or a CPU list such as 2,3 or 0-3, got {value!r}")
-        cpus.extend(range(int(first), int(last if dash else first) + 1))
-    missing = [cpu for cpu in cpus if cpu not in allowed]
-    if missing:
-        raise ValueError(f"CPU {missing[0]} is not one this process may use: {allowed}")
-    return cpus
-
-
-def first_error(exc: ValidationError) -> tuple[str, Any, str]:
-    """The first problem of a settings ``ValidationError``: (setting, the value given, the reason)."""
-    err = exc.errors()[0]
-    key = ".".join(str(part) for part in err["loc"])
-    return key, err.get("input"), err["msg"].removeprefix("Value error, ")

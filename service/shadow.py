@@ -18,45 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import h11
 import orjson
+
+from artifact.shadow import CONTROL, ELAPSED_HEADER, SHADOW_HEADER, Control, Record, dropped_line
 
 log = logging.getLogger("switchyard.shadow")
 
-CONTROL = "control.json"
-SHADOW_HEADER = b"x-switchyard-shadow"
-ELAPSED_HEADER = b"x-switchyard-elapsed-ms"
 POLL_SECONDS = 0.5
 FLUSH_SECONDS = 0.5
 SENDERS = 4
 QUEUE_SIZE = 256
 EXAMPLE_CHARS = 240
-
-
-@dataclass(frozen=True)
-class Control:
-    """What the controller asked for (``control.json``)."""
-
-    source: str  # the live instance's unix socket: the one that mirrors
-    target: str  # the candidate's unix socket
-    records: str  # file name, in the shadow folder
-    percent: float = 100.0
-    rate: float = 100.0  # mirrored requests per second at most, for the whole instance
-    timeout: float = 10.0
-    max_records: int = 100_000
-    max_examples: int = 20
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Control:
-        data = orjson.loads(raw)
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+MAX_ANSWER = 1 << 20  # a candidate's answer to one copy; more is an error, not a record
 
 
 @dataclass(slots=True)
@@ -173,7 +155,7 @@ class Mirror:
 
     def _flush(self) -> None:
         if self._dropped and self._fd is not None:
-            self._lines.append(orjson.dumps({"t": time.time(), "dropped": self._dropped}))
+            self._lines.append(dropped_line(time.time(), self._dropped))
             self._dropped = 0
         lines, self._lines = self._lines, []
         if lines and self._fd is not None:
@@ -183,31 +165,30 @@ class Mirror:
     # ---------------------------------------------------------------- sending copies
 
     async def _sender(self, control: Control) -> None:
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        conn: _Candidate | None = None
         while True:
             copy = await self._queue.get()
             if self._written >= control.max_records:
                 self.active = False  # enough evidence: stop taking copies
                 continue
             started = time.perf_counter()
-            error, status, answer, elapsed = None, 0, b"", None
+            error: str | None = None
+            status, answer = 0, b""
+            elapsed: float | None = None
             try:
-                if conn is None:
-                    conn = await asyncio.wait_for(asyncio.open_unix_connection(control.target), control.timeout)
-                status, answer, elapsed, keep = await asyncio.wait_for(_exchange(conn, copy), control.timeout)
-                if not keep:
-                    conn[1].close()
-                    conn = None
+                conn, (status, answer, elapsed) = await asyncio.wait_for(
+                    _exchange(conn, control, copy), control.timeout
+                )
                 if status != 200:
                     error = f"HTTP {status}"
             except TimeoutError:
                 error = f"no answer in {control.timeout:g} s"
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-                error = (
-                    f"unreachable: {exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__}"
-                )
+            except OSError as exc:
+                error = f"unreachable: {exc.strerror or type(exc).__name__}"
+            except (ValueError, h11.ProtocolError) as exc:  # not HTTP, or an answer past the cap
+                error = f"bad answer: {exc}"
             if error is not None and conn is not None:
-                conn[1].close()
+                conn.close()
                 conn = None
             if elapsed is None and error is None:
                 elapsed = (time.perf_counter() - started) * 1000
@@ -218,54 +199,130 @@ class Mirror:
     def _record(
         self, control: Control, copy: Copy, answer: bytes | None, cand_ms: float | None, error: str | None
     ) -> None:
-        live_labels, live_top = _labels(copy.answer)
-        record: dict[str, Any] = {
-            "t": round(time.time(), 3),
-            "id": copy.request_id.decode(errors="replace"),
-            "live": live_labels,
-            "live_top": live_top,
-            "live_ms": round(copy.live_ms, 3),
-            "cand": None,
-            "cand_top": None,
-            "cand_ms": None if cand_ms is None else round(cand_ms, 3),
-            "error": error,
-        }
+        live, live_top = _labels(copy.answer)
+        cand = cand_top = None
         if answer is not None:
             try:
-                record["cand"], record["cand_top"] = _labels(answer)
+                cand, cand_top = _labels(answer)
             except (ValueError, KeyError, TypeError):
-                record["error"] = "unreadable answer"
-        if record["cand"] is not None and record["cand"] != live_labels and self._examples < control.max_examples:
+                error = "unreadable answer"
+        example = None
+        if cand is not None and cand != live and self._examples < control.max_examples:
             self._examples += 1
-            record["input"] = _input_text(copy.body)
-        self._lines.append(orjson.dumps(record))
+            example = _input_text(copy.body)
+        record = Record(
+            t=round(time.time(), 3),
+            id=copy.request_id.decode(errors="replace"),
+            live=live,
+            live_top=live_top,
+            live_ms=round(copy.live_ms, 3),
+            cand=cand,
+            cand_top=cand_top,
+            cand_ms=None if cand_ms is None else round(cand_ms, 3),
+            error=error,
+            input=example,
+        )
+        self._lines.append(record.line())
         self._written += 1
 
 
 async def _exchange(
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], copy: Copy
-) -> tuple[int, bytes, float | None, bool]:
-    reader, writer = conn
-    writer.write(
-        b"POST /predict HTTP/1.1\r\nhost: shadow\r\ncontent-type: application/json\r\n"
-        b"x-switchyard-shadow: 1\r\nx-request-id: %s\r\ncontent-length: %d\r\n\r\n%s"
-        % (copy.request_id, len(copy.body), copy.body)
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length, elapsed, keep = 0, None, True
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == ELAPSED_HEADER:
-            elapsed = float(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            keep = False
-    return status, await reader.readexactly(length), elapsed, keep
+    conn: _Candidate | None, control: Control, copy: Copy
+) -> tuple[_Candidate | None, tuple[int, bytes, float | None]]:
+    """One copy asked of the candidate, on ``conn`` or a new connection: the connection to keep for
+    the next copy (None if the candidate closes it) and the candidate's status, answer and own time.
+    A kept connection the candidate closed while idle (its keep-alive timeout) is not an error of the
+    candidate: the copy is asked once more on a new connection."""
+    if conn is not None:
+        try:
+            found = await conn.ask(copy)
+            return (conn if conn.reusable else None), found
+        except _ClosedIdle:
+            conn.close()
+    conn = await _Candidate.open(control.target)
+    try:
+        found = await conn.ask(copy)
+    except BaseException:  # an error or the deadline: the caller never sees this connection
+        conn.close()
+        raise
+    return (conn if conn.reusable else None), found
+
+
+class _ClosedIdle(ConnectionResetError):
+    """The candidate closed a kept-alive connection before any byte of this copy's answer."""
+
+
+class _Candidate:
+    """One keep-alive connection to the candidate's socket, spoken through h11 (the HTTP/1.1 protocol
+    implementation under httpx): chunked answers, framing and header limits are its business, while
+    the socket and its deadline stay ours, so a copy costs the live process no client pool."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=16 * 1024)
+        self.answered = 0  # answers read on this connection
+        self.received = False  # any byte of the current copy's answer
+        self.reusable = True
+
+    @classmethod
+    async def open(cls, path: str) -> _Candidate:
+        return cls(*await asyncio.open_unix_connection(path))
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def ask(self, copy: Copy) -> tuple[int, bytes, float | None]:
+        """The candidate's status, answer and own time for one copy; ``reusable`` says afterwards
+        whether the connection can carry the next one."""
+        self.received = False
+        try:
+            found = await self._ask(copy)
+        except ConnectionError as exc:
+            self.reusable = False
+            if self.answered and not self.received:
+                raise _ClosedIdle(errno.ECONNRESET, "closed while idle") from exc
+            raise
+        self.answered += 1
+        self.reusable = self.http.our_state is h11.DONE and self.http.their_state is h11.DONE
+        if self.reusable:
+            self.http.start_next_cycle()
+        return found
+
+    async def _ask(self, copy: Copy) -> tuple[int, bytes, float | None]:
+        headers = [
+            (b"host", b"shadow"),
+            (b"content-type", b"application/json"),
+            (SHADOW_HEADER, b"1"),
+            (b"x-request-id", copy.request_id),
+            (b"content-length", b"%d" % len(copy.body)),
+        ]
+        http = self.http
+        self.writer.write(
+            http.send(h11.Request(method="POST", target="/predict", headers=headers))
+            + http.send(h11.Data(data=copy.body))
+            + http.send(h11.EndOfMessage())
+        )
+        await self.writer.drain()
+        status, elapsed, answer = 0, None, bytearray()
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.reader.read(65536)
+                if not data:  # the candidate closed the connection (or died) before a whole answer
+                    raise ConnectionResetError(errno.ECONNRESET, "connection closed before the answer")
+                self.received = True
+                http.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                elapsed = next((float(v) for k, v in event.headers if k == ELAPSED_HEADER), None)
+            elif isinstance(event, h11.Data):
+                answer += event.data
+                if len(answer) > MAX_ANSWER:
+                    raise ValueError("answer too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return status, bytes(answer), elapsed
+            else:  # h11.ConnectionClosed: the answer ended with the connection
+                raise ConnectionResetError(errno.ECONNRESET, "connection closed before the answer")
 
 
 def _labels(answer: bytes) -> tuple[list[str], list[float]]:

@@ -163,6 +163,9 @@ class V2Route:
                 raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
                 raise BadRequest(f"input {name!r}: shape must be [rows] or [rows, 1], got {shape}")
+            limit = self.runtime.settings.max_instances
+            if shape[0] > limit:  # checked on the declared shape, before a byte of data is decoded
+                raise Invalid(f"input {name!r}: {shape[0]} rows, the limit is {limit}", field="instances")
             want = "BYTES" if schema.is_text else "a number type (FP32, FP64, INT...)"
             if (datatype == "BYTES") != schema.is_text or (not schema.is_text and datatype not in NUMBER_TYPES):
                 raise BadRequest(f"input {name!r}: datatype must be {want}, got {datatype!r}")
@@ -175,7 +178,7 @@ class V2Route:
             else:
                 if offset + size > len(binary):
                     raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body")
-                values = _decode(name, str(datatype), binary[offset : offset + size])
+                values = _decode(name, str(datatype), binary[offset : offset + size], shape[0])
                 offset += size
             if len(values) != shape[0]:
                 raise BadRequest(f"input {name!r}: shape {shape} holds {shape[0]} values, data has {len(values)}")
@@ -221,11 +224,15 @@ def _flat(values: list[Any]) -> list[Any]:
     return [v[0] if isinstance(v, list) and len(v) == 1 else v for v in values]
 
 
-def _decode(name: str, datatype: str, raw: bytes) -> list[Any]:
+def _decode(name: str, datatype: str, raw: bytes, rows: int) -> list[Any]:
+    """The values of a binary tensor declared to hold ``rows`` of them: decoding stops, refused, at
+    the first value past that, so a small body cannot cost more than its declared (limited) rows."""
     if datatype == "BYTES":  # each element: a 4-byte little-endian length, then the bytes
         values: list[Any] = []
         at = 0
         while at < len(raw):
+            if len(values) == rows:
+                raise BadRequest(f"input {name!r}: the binary data holds more than the {rows} values of its shape")
             if at + 4 > len(raw):
                 raise BadRequest(f"input {name!r}: truncated BYTES element")
             (size,) = struct.unpack_from("<I", raw, at)
@@ -240,8 +247,8 @@ def _decode(name: str, datatype: str, raw: bytes) -> list[Any]:
         return values
     fmt = NUMBER_TYPES[datatype]
     width = struct.calcsize(fmt)
-    if len(raw) % width:
-        raise BadRequest(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+    if len(raw) != rows * width:
+        raise BadRequest(f"input {name!r}: {len(raw)} bytes is not the {rows} {datatype} values of its shape")
     return [v for (v,) in struct.iter_unpack(fmt, raw)]
 
 
