@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 
 import testmodels
-from artifact.manifest import Manifest
-from artifact.registry import write_json
-from artifact.signing import sign
 from artifact.trust import load_model
 from pipeline.config import load_config
 from pipeline.train import train
-from support import ROOT, SHARED_DATA, artifact_with_model, signer, trust
+from support import ROOT, SHARED_DATA, artifact_with_model, sign, signer, trust, write_manifest
 
 for _key in [k for k in os.environ if k.startswith("SWITCHYARD_")]:
     del os.environ[_key]  # a developer's shell must not change what the tests see
@@ -55,6 +52,6 @@ def models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bad_hash = artifact_with_model(source, root, "sample", inner)
     data = json.loads((bad_hash / "manifest.json").read_text())
     data["artifact"]["sha256"] = "f" * 64
-    write_json(bad_hash / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
-    sign(bad_hash, signer())  # signed as it is: the model file, not the manifest, is what is wrong
+    write_manifest(bad_hash, data)
+    sign(bad_hash)  # signed as it is: the model file, not the manifest, is what is wrong
     return root

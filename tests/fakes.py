@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from artifact.manifest import Manifest
-from controller.backends.base import Found
+from controller.core.facts import Event, Facts, Instance, Router
+from controller.drivers.backends.base import Found
+from controller.drivers.probes import Smoke
 from controller.errors import CheckFailed
-from controller.facts import Event, Facts, Instance, Router
-from controller.probes import Smoke
 
 
 class FakeBackend:
@@ -142,8 +142,8 @@ class FakeProbes:
         right = round(rows * manifest.metrics["holdout"]["accuracy"]) - self.wrong.get(instance.version, 0)
         return Smoke(f"{rows} golden rows answered as at training time", rows, max(0, right))
 
-    def latency(self, instance: Instance, manifest: Manifest) -> float:
-        return self.seconds.get(instance.version, 0.001)
+    def paired_latency(self, candidate: Instance, live: Instance, manifest: Manifest) -> list[tuple[float, float]]:
+        return [(self.seconds.get(candidate.version, 0.001), self.seconds.get(live.version, 0.001))] * 40
 
     def router_connections(self, instance: Instance) -> int | None:
         return 0 if self.backend.alive(instance.handle) else None

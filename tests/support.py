@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,11 +22,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from artifact.manifest import Manifest, read_manifest
-from artifact.registry import write_json, write_model_file, write_version
-from artifact.signing import Trust, create_key, load_private, sign
-from controller.backends.process import ProcessBackend
-from controller.host import child_env, free_port
+from artifact.manifest import FileDigest, Manifest, read_manifest
+from artifact.registry import json_bytes, publish
+from artifact.signing import Trust, create_key, key_id, load_private, signature_file
+from controller.drivers import host
+from controller.drivers.backends.process import ProcessBackend
+from controller.drivers.host import child_env, free_port
 from controller.settings import ControllerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +77,17 @@ def clean_env(**extra: str) -> dict[str, str]:
 def cpus_of(pid: int) -> set[int]:
     """Every CPU any thread of ``pid`` may run on, as the kernel reports it."""
     return {cpu for task in Path(f"/proc/{pid}/task").iterdir() for cpu in os.sched_getaffinity(int(task.name))}
+
+
+def router_port() -> int:
+    """A free port below the kernel's ephemeral range, for a router that must bind the same port again
+    after it is killed: a port from that range (what binding port 0 gives) can meanwhile be lent to
+    any outgoing connection on the machine as its own port."""
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        if host.port_free("127.0.0.1", port):
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def port_open(port: int) -> bool:
@@ -138,17 +151,29 @@ class ServiceProcess:
 
 
 def artifact_with_model(source: Path, models_dir: Path, name: str, model: Any, **manifest_changes: Any) -> Path:
-    """A real artifact (atomic write, real hash) holding ``model``, with ``source``'s manifest otherwise."""
+    """A real artifact (published, signed and verified as the trainer does) holding ``model``, with
+    ``source``'s manifest otherwise."""
     base = read_manifest(source)
 
-    def fill(directory: Path, version: int) -> None:
-        digest = write_model_file(directory, model)
+    def manifest_for(version: int, digest: FileDigest) -> Manifest:
         data = base.model_dump(mode="json") | {"name": name, "version": version, "artifact": digest.model_dump()}
-        data.update(manifest_changes)
-        write_json(directory / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
-        sign(directory, signer())
+        return Manifest.model_validate(data | manifest_changes)
 
-    return write_version(models_dir, name, fill)
+    return publish(models_dir, name, model, manifest_for, signer())[0]
+
+
+def write_manifest(version_dir: Path, data: dict[str, Any]) -> None:
+    """Overwrite a version's manifest, as someone who can write into the models folder would."""
+    (version_dir / "manifest.json").write_bytes(json_bytes(Manifest.model_validate(data).model_dump(mode="json")))
+
+
+def sign(version_dir: Path, key: Ed25519PrivateKey | None = None) -> str:
+    """Sign the manifest as it is on disk now, as someone holding the key would: for artifacts that
+    are wrong in another way (a forged hash, another runtime)."""
+    key = key or signer()
+    data = (version_dir / "manifest.json").read_bytes()
+    (version_dir / "manifest.sig").write_bytes(signature_file(data, key))
+    return key_id(key.public_key())
 
 
 def misbehaving(registry: Path, root: Path, behaviours: list[dict[str, Any]]) -> list[str]:
@@ -193,7 +218,7 @@ class Release:
     models: Path
     run_dir: Path
     router: str
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=router_port)
 
     @property
     def url(self) -> str:
@@ -284,3 +309,18 @@ class Load:
 
     def failures(self) -> list[tuple[float, int, str | None, str | None]]:
         return [r for r in self.results if r[1] != 200 or r[2] not in ("sample/1", "sample/2")]
+
+
+def cli(release: Release, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """release.py for this deployment's run dir and registry only (the console has --host/--port of
+    its own), with ``stdin`` as its standard input (a password is never an argument)."""
+    command = [sys.executable, str(ROOT / "controller" / "release.py"), *args]
+    return subprocess.run(
+        [*command, "--run-dir", str(release.run_dir), "--models-dir", str(release.models)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        cwd=ROOT,
+        timeout=120,
+    )

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller import host
+from controller.drivers import host
 from support import ROOT, ROUTERS, Release, misbehaving
 
 GOLDEN: set[str] = set()  # the candidates' golden rows: they behave on those (see shadow_models)
@@ -154,17 +154,20 @@ def test_stage_gathers_evidence_and_the_promote_is_decided_by_it(release: Releas
     assert "request(s) compared" in text and "class shares, live -> candidate" in text
     assert "shadow:" in release("status").stdout
 
-    # Then a promote under the agreement floor is refused, naming the rule and the figures
-    agreement = found["agreement"]
-    refused = release("promote", "--shadow-min-agreement", f"{agreement + 0.01:.4f}", check=False, **RULES)
+    # Then a promote whose agreement is surely under the floor is refused, naming the rule and the figures
+    agreement, (low, high) = found["agreement"], found["agreement_interval"]
+    assert low <= agreement <= high
+    assert high < 1, "a candidate that disagrees at least once is surely not in full agreement"
+    above = f"{(high + 1) / 2:.6f}"
+    refused = release("promote", "--shadow-min-agreement", above, check=False, **RULES)
     assert refused.returncode == 1
-    assert f"agreement with live is {agreement:.1%}" in refused.stderr
+    assert f"agreement with live is {agreement:.1%}" in refused.stderr and "below the floor" in refused.stderr
     assert release.serving() == "sample/1"
     last = release.history()[-1]
     assert (last["action"], last["outcome"], last["step"]) == ("promote", "failed", "evidence")
 
     # ... and one above it goes through
-    out = release("promote", "--shadow-min-agreement", f"{max(agreement - 0.01, 0):.4f}", **RULES)
+    out = release("promote", "--shadow-min-agreement", f"{low:.4f}", **RULES)
     assert "evidence:" in out.stderr and "request(s) compared" in out.stderr
     assert release.serving() == "sample/2"
     assert not (release.run_dir / "shadow" / "control.json").exists(), "nothing is staged: no copies"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from artifact.manifest import ArtifactError, read_manifest
 from artifact.registry import list_versions, write_version
-from artifact.trust import load_model, sha256_file, verify
+from artifact.trust import load_model, verify
 from pipeline.cli import main as pipeline_main
 from support import ROOT, clean_env, trust
 
@@ -35,7 +36,7 @@ def test_train_prints_the_new_version_path_last_and_the_artifact_predicts(tmp_pa
     assert result.returncode == 0, result.stderr
     path = Path(result.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "sample" / "1"
-    assert {"model.joblib", "manifest.json", "metrics.json", "per_class.md", "confusion_matrix.png"} <= {
+    assert {"model.joblib", "manifest.json", "metrics.json", "per_class.md", "mistakes.md", "confusion_matrix.png"} <= {
         p.name for p in path.iterdir()
     }
     for step in ("loading", "fitting", "evaluating", "writing", "done: sample v1"):
@@ -50,7 +51,7 @@ def test_manifest_describes_the_artifact(registry: Path) -> None:
     path = registry / "sample" / "2"
     manifest = verify(path, trust())
     raw = json.loads((path / "manifest.json").read_text())
-    assert manifest.artifact.sha256 == sha256_file(path / "model.joblib")
+    assert manifest.artifact.sha256 == hashlib.sha256((path / "model.joblib").read_bytes()).hexdigest()
     assert manifest.artifact.size == (path / "model.joblib").stat().st_size
     assert (manifest.name, manifest.version, manifest.model["kind"]) == ("sample", 2, "tfidf-linear")
     assert set(raw["runtime"]) == {"python", "sklearn", "numpy", "joblib"}
@@ -92,13 +93,21 @@ def test_compare_prints_metrics_side_by_side(registry: Path, capsys: pytest.Capt
     assert "rules" in out and "tfidf-linear" in out
 
 
-def test_a_crash_mid_write_leaves_no_version_behind(tmp_path: Path) -> None:
-    def crash(directory: Path, version: int) -> None:
-        (directory / "model.joblib").write_bytes(b"half")
-        raise KeyboardInterrupt  # the user pressed Ctrl-C while files were being written
+def test_a_crash_mid_write_leaves_no_version_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import artifact.registry
 
+    written: list[Path] = []
+
+    def write_then_crash(path: Path, data: bytes, mode: int) -> None:
+        if written:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C while files were being written
+        path.write_bytes(data)
+        written.append(path)
+
+    monkeypatch.setattr(artifact.registry, "write_private", write_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        write_version(tmp_path, "demo", crash)
+        write_version(tmp_path, "demo", lambda version: {"model.joblib": b"half", "manifest.json": b"{}"})
+    assert written and not written[0].exists()
     assert list_versions(tmp_path, "demo") == []
     assert [p.name for p in (tmp_path / "demo").iterdir()] == [".lock"]
 
@@ -137,10 +146,10 @@ def test_two_concurrent_trainings_get_distinct_versions(tmp_path: Path) -> None:
 
 def test_an_existing_version_is_never_overwritten(registry: Path, tmp_path: Path) -> None:
     shutil.copytree(registry / "sample", tmp_path / "sample")
-    before = sha256_file(tmp_path / "sample" / "2" / "model.joblib")
+    before = hashlib.sha256((tmp_path / "sample" / "2" / "model.joblib").read_bytes()).hexdigest()
     assert run_train(CONFIGS / "sample-rules.toml", tmp_path).returncode == 0
     assert list_versions(tmp_path, "sample") == [1, 2, 3]
-    assert sha256_file(tmp_path / "sample" / "2" / "model.joblib") == before
+    assert hashlib.sha256((tmp_path / "sample" / "2" / "model.joblib").read_bytes()).hexdigest() == before
 
 
 def _config(tmp_path: Path, data: str, body: str | None = None) -> Path:
@@ -298,10 +307,12 @@ def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) ->
     assert form == "CalibratedLinearText" and isinstance(served, CalibratedLinearText)
     held_out = [*data.inputs[500:], "zzz qqq", "the and of", "Oil oil OIL and gas"]  # no known word; stop words
     np.testing.assert_allclose(served.predict_proba(held_out), fitted.predict_proba(held_out), rtol=0, atol=1e-12)
-    # The exception-free term counting builds scikit-learn's very matrix, batched and one by one.
-    vectorizer = fitted.named_steps["features"]
+    # The exception-free term counting builds scikit-learn's very matrix (the lead block included),
+    # batched and one by one.
+    lead, vectorizer = fitted.named_steps["lead"], fitted.named_steps["features"]
+    assert served.lead == lead.sentences == 2
     for batch in [held_out, *([text] for text in held_out[-20:])]:
-        want, got = vectorizer.transform(batch), served.features(batch)
+        want, got = vectorizer.transform(lead.transform(batch)), served.features(batch)
         assert want.dtype == got.dtype and want.shape == got.shape
         for part in ("indptr", "indices", "data"):
             np.testing.assert_array_equal(getattr(got, part), getattr(want, part))

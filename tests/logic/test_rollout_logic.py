@@ -4,16 +4,13 @@ issues, the router calls it makes, the facts and history it leaves, and a crash 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from test_controller_runs import CrashAtNth, World
 
-from controller import analysis
-from controller.analysis import Sample
-from controller.deployment import Deployment
+from controller.core.facts import Facts
 from controller.errors import Refused
-from controller.facts import Facts
+from controller.run.deployment import Deployment
 from fakes import Crash
 
 
@@ -93,11 +90,11 @@ def test_an_automatic_rollback_parks_the_failed_version(world: World) -> None:
     world.controller().up("sample", 1)
     world.controller().promote(2, watch_seconds=300)
     agent = Deployment(world.controller().settings, **_seams(world), actor="agent (automatic)")
-    message = agent.rollback("automatic rollback: 5xx rate 20.0% over 60 requests", automatic=True)
+    message = agent.rollback("automatic rollback: worse on errors: 20.0% vs 0.4% 5xx over 60 requests", automatic=True)
     assert "v2 stays parked (staged) in green" in message
     assert world.facts.active == "blue" and world.facts.staged == "green" and world.facts.previous is None
     assert world.serving() == 1
-    assert world.store.events[-1].reason == "automatic rollback: 5xx rate 20.0% over 60 requests"
+    assert world.store.events[-1].reason == "automatic rollback: worse on errors: 20.0% vs 0.4% 5xx over 60 requests"
     with pytest.raises(Refused, match="no previous slot"):  # a person's rollback cannot flip to the failed one
         world.controller().rollback()
 
@@ -187,59 +184,92 @@ def test_a_controller_killed_before_any_rollout_step_leaves_routing_as_the_facts
     assert facts != Facts() and len(world.router.running) == 1
 
 
-# ------------------------------------------------------------------ the analysis, on metrics as the service writes them
+# ------------------------------------------------------------------ flips that complete or end a rollout
 
 
-def _metrics(latency_s: float, n: int, errors: int = 0, label: str | None = None, shadow: int = 0) -> Sample:
-    """What an instance's /metrics would say after ``n`` live requests (and ``shadow`` copies)."""
-    from prometheus_client import generate_latest
-
-    from service.observe import Metrics, PredictionCollector
-
-    metrics = Metrics("sample", 2, "0" * 64)
-    labels = ["Energy", "Technology", "Healthcare", "Utilities"]
-    counts = {k: 0 for k in labels}
-    for i in range(n):
-        status = "500" if i < errors else "200"
-        metrics.requests.labels("/predict", "POST", status, "live").inc()
-        metrics.latency.labels("/predict", status, "live").observe(latency_s)
-        if status == "200":
-            counts[label or labels[i % len(labels)]] += 1
-    for _ in range(shadow):
-        metrics.requests.labels("/predict", "POST", "500", "shadow").inc()
-    metrics.registry.register(PredictionCollector(lambda: (counts, {"Energy": shadow}, 1)))
-    return analysis.parse(generate_latest(metrics.registry).decode())
+def test_a_one_button_promote_with_canary_steps_starts_the_canary(world: World) -> None:
+    """`promote VERSION --canary ...` for a version that is not staged: the stage, then the same
+    canary as for a staged version (no flag a command accepts is dropped by one of its paths)."""
+    world.controller().up("sample", 1)
+    message = world.controller().promote(2, canary=(20, 50, 100), step_seconds=5)
+    assert "takes 20% of live traffic" in message
+    assert shares(world) == {1: 80, 2: 20}
+    rollout = world.facts.rollout
+    assert rollout is not None and (rollout.kind, rollout.steps, rollout.step_seconds) == ("canary", (20, 50, 100), 5)
+    assert world.controller().status()["phase"] == "Canary"
+    assert [e.action for e in world.store.events[-2:]] == ["stage", "canary"]
 
 
-def test_the_analysis_reads_the_service_metrics_and_ignores_shadow_copies(world: World) -> None:
-    sample = _metrics(0.003, 300, errors=3, shadow=500)
-    assert (sample.requests, sample.errors) == (300, 3)
-    assert analysis.p99(sample) == 0.005 and sum(sample.labels.values()) == 297
+def _canary_then(world: World, last: str) -> None:
+    world.controller().up("sample", 1)
+    world.controller().stage(2)
+    world.controller().promote(canary=(5, 100), step_seconds=30, watch_seconds=60)
+    if last == "completed":
+        world.controller().advance("analysis passed at 5%")
+
+
+def _watch(world: World) -> None:
+    world.controller().up("sample", 1)
+    world.controller().promote(2, watch_seconds=60)
+
+
+def _automatic(controller: Deployment) -> str:
+    return controller.rollback("automatic rollback: worse on errors: 20% vs 0.4% 5xx over 60 requests", automatic=True)
+
+
+# (how the deployment got there, the command killed, live and rollback target after the repair, rollout after)
+COMPLETIONS = {
+    "the agent's last advance": (lambda w: _canary_then(w, "canary"), lambda c: c.advance("passed"), 2, 1, "watch"),
+    "promote during a canary": (lambda w: _canary_then(w, "canary"), lambda c: c.promote(), 2, 1, "watch"),
+    "a person's rollback during a watch": (_watch, lambda c: c.rollback(), 1, 2, None),
+    "abort during a watch": (_watch, lambda c: c.abort(), 1, 2, None),
+    "an automatic rollback": (_watch, _automatic, 1, None, None),
+    "conclude": (lambda w: _canary_then(w, "completed"), lambda c: c.conclude("watch passed"), 2, 1, None),
+}
 
 
 @pytest.mark.parametrize(
-    ("new", "breach"),
+    ("case", "killed_before"),
     [
-        (lambda: _metrics(0.003, 300), None),
-        (lambda: _metrics(0.015, 300), None),  # 3x the old p99, but within the slack: a busy core
-        (lambda: _metrics(0.003, 60, errors=12), "5xx rate 20.0% over 60 requests"),
-        (lambda: _metrics(0.3, 300), "latency: 100% of its requests took over 2x"),
-        (lambda: _metrics(0.003, 300, label="Utilities"), "predicted labels moved by 0.75"),
+        (case, step)
+        for case in sorted(COMPLETIONS)
+        for step in ("retire", "commit")
+        if (case, step) != ("conclude", "retire")
     ],
-    ids=["healthy", "noisy", "errors", "slow", "one-label"],
 )
-def test_the_analysis_names_the_signal_that_breaks(world: World, new: Any, breach: str | None) -> None:
-    settings = world.controller().settings
-    verdict = analysis.judge(new(), _metrics(0.003, 2000), settings)
-    if breach is None:
-        assert verdict.breach is None and verdict.enough
+def test_a_flip_killed_before_its_commit_is_completed_as_the_commit_would_have(
+    world: World, case: str, killed_before: str
+) -> None:
+    given, act, live, target, rollout_kind = COMPLETIONS[case]
+    given(world)
+    before = world.serving()
+    with pytest.raises(Crash):
+        act(world.controller(CrashAtNth(killed_before, 1)))
+
+    if world.facts.op is not None:  # a flip was under way: status says so, and changes nothing
+        assert world.controller().status()["phase"] == "Progressing"
+    world.controller().heal()  # the next command repairs first
+    facts = world.facts
+    if case == "conclude":
+        world.controller().conclude("watch passed")
+        facts = world.facts
+    assert facts.op is None and world.leaked() == set()
+    versions = {color: slot.version for color, slot in facts.slots.items()}
+    assert versions[facts.active or ""] == live and world.serving() == live
+    assert (versions[facts.previous] if facts.previous else None) == target
+    assert facts.previous != facts.active, "the rollback target is never the live slot"
+    rollout = facts.rollout
+    assert (rollout.kind if rollout else None) == rollout_kind
+    assert rollout is None or rollout.kind != "canary" or rollout.color != facts.active, "no canary on the live slot"
+    assert rollout is None or rollout.kind != "watch" or rollout.color == facts.active
+
+    if target is not None:  # a person's rollback afterwards brings users back to what they had
+        if rollout is not None:
+            world.controller().conclude("watch passed")
+        world.controller().rollback()
+        assert world.serving() == target
+        assert target == (before if case != "conclude" else 1) or live != before
     else:
-        assert verdict.breach is not None and verdict.breach.startswith(breach)
-
-
-def test_a_handful_of_requests_decides_nothing(world: World) -> None:
-    settings = world.controller().settings
-    old = _metrics(0.003, 2000)
-    assert not analysis.judge(_metrics(0.3, 40, label="Utilities"), old, settings).enough
-    slow_but_few = analysis.judge(_metrics(0.3, 120, label="Utilities"), old, settings)
-    assert slow_but_few.breach is None and not slow_but_few.enough  # latency and labels need 200
+        with pytest.raises(Refused, match="no previous slot"):
+            world.controller().rollback()
+        assert world.facts.staged is not None and world.facts.slots[world.facts.staged].version == 2

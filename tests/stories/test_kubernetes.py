@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controller.cli.kubernetes import Target
+from controller.drivers.host import free_port
 from controller.errors import UsageError
-from controller.host import free_port
-from controller.kubernetes import Target
 from support import ROOT, TESTS, ServiceProcess, clean_env
 
 KUBERNETES = kubernetes_validate.utils.latest_version()
@@ -53,7 +53,9 @@ def by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, A
 def test_every_object_is_valid_for_the_kubernetes_api(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     _, documents = rendered
     kinds = sorted(d["kind"] for d in documents)
-    assert kinds == ["ConfigMap"] + ["Deployment"] * 2 + ["PodDisruptionBudget"] * 2 + ["Service"] * 2
+    assert (
+        kinds == ["ConfigMap"] + ["Deployment"] * 2 + ["NetworkPolicy"] + ["PodDisruptionBudget"] * 2 + ["Service"] * 2
+    )
     keys = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
     assert keys and all(pem.startswith("-----BEGIN PUBLIC KEY-----") for pem in keys.values())
     for document in documents:
@@ -108,6 +110,8 @@ def test_models_from_an_image_come_through_an_init_container(registry: Path, tmp
         (("sample", "1", "--replicas", "0"), "must be at least 1"),
         (("sample", "1", "--namespace", "Not_A_Namespace"), "not a valid namespace"),
         (("sample", "9"), "version 9 not found"),
+        (("sample", "1", "--image", "switchyard-service:latest"), "name a fixed tag or digest"),
+        (("sample", "1", "--image", "registry.local:5000/switchyard"), "name a fixed tag or digest"),
     ],
 )
 def test_bad_render_options_are_one_line_and_exit_2(
@@ -116,6 +120,23 @@ def test_bad_render_options_are_one_line_and_exit_2(
     result = render(registry, tmp_path / "out", *args)
     assert result.returncode == 2 and words in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out" / "release.sh").exists()
+
+
+def test_pods_hold_no_api_token_open_no_connection_and_bound_their_scratch_space(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, documents = rendered
+    pods = [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Deployment"]
+    assert pods and all(pod["automountServiceAccountToken"] is False for pod in pods)
+    assert all(v["emptyDir"]["sizeLimit"] for pod in pods for v in pod["volumes"] if "emptyDir" in v)
+    assert all(not c["image"].endswith(":latest") for pod in pods for c in pod["containers"])
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["egress"] == [] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    labels = policy["spec"]["podSelector"]["matchLabels"]
+    assert all(
+        labels.items() <= pod_labels.items()
+        for pod_labels in (d["spec"]["template"]["metadata"]["labels"] for d in documents if d["kind"] == "Deployment")
+    )
 
 
 def test_a_model_name_kubernetes_cannot_use_is_refused() -> None:

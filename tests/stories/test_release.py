@@ -16,7 +16,7 @@ import pytest
 
 import testmodels
 from artifact.manifest import read_manifest
-from controller.backends.process import ProcessBackend
+from controller.drivers.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
 from support import ENERGY, ROUTERS, TRUSTED_KEYS, Load, Release, artifact_with_model, cpus_of, port_open
 

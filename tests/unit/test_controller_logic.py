@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from artifact.manifest import read_manifest
-from controller.checks import gate
-from controller.facts import Event, Facts, Instance, Op, Router
-from controller.phase import ALLOWED, COMMANDS, READ_ONLY, Observed, Phase, derive_phase, refusal
-from controller.store import SqliteStore
+from controller.core.facts import Event, Facts, Instance, Op, Router
+from controller.core.phase import ALLOWED, COMMANDS, READ_ONLY, Observed, Phase, derive_phase, refusal
+from controller.drivers.store import SqliteStore
+from controller.run.checks import gate
 
 BLUE = Instance("blue", 1, "1:1:a", 9001, "/s/blue.sock", "x" * 64)
 GREEN = Instance("green", 2, "2:2:b", 9002, "/s/green.sock", "y" * 64)
@@ -130,6 +130,18 @@ def test_gate_compares_only_on_shared_evaluation_data(registry: Path) -> None:
     assert not apart.passed and apart.reason.startswith("not comparable")
 
 
+def test_the_gate_refuses_to_compare_a_grouped_metric_with_an_ungrouped_one(registry: Path) -> None:
+    rules = read_manifest(registry / "sample" / "1")
+    tfidf = read_manifest(registry / "sample" / "2")
+    assert rules.metrics["grouped_by"] == tfidf.metrics["grouped_by"] == "ticker"
+    assert tfidf.metrics["eval_sets"]["short"]["scored"] == "out of fold"
+    older = rules.model_copy(update={"metrics": {k: v for k, v in rules.metrics.items() if k != "grouped_by"}})
+    mixed = gate(tfidf, older, 0.0)
+    assert not mixed.passed and mixed.reason.startswith("not comparable: v2 is evaluated on groups it never saw")
+    assert "live v1 is evaluated on rows whose groups it may have seen" in mixed.reason
+    assert not gate(older, tfidf, 0.5).passed, "whatever the tolerance"
+
+
 def test_store_writes_facts_and_history_together(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "state.db", actor="alice (console)")
     assert store.load() == Facts()
@@ -167,19 +179,49 @@ def test_a_state_file_from_before_actors_keeps_its_history(tmp_path: Path) -> No
     assert [(row["action"], row["actor"]) for row in store.history()] == [("up", ""), ("rollback", "bob (cli)")]
 
 
+def test_status_shows_the_agents_reading_of_this_very_step_and_nothing_planted(tmp_path: Path) -> None:
+    from controller.core.facts import Canary
+    from controller.drivers import agents
+
+    step = Canary("green", started_at=100.0, steps=(25, 100))
+    agents.publish(tmp_path, step, "no difference found yet over 300 requests", 130.0)
+    assert agents.reading(tmp_path, step) == (130.0, "no difference found yet over 300 requests")
+    next_step = Canary("green", started_at=160.0, steps=(25, 100), step=1)
+    assert agents.reading(tmp_path, next_step) is None  # a reading of the step before is not this one's
+    (tmp_path / "analysis.json").unlink()
+    (tmp_path / "elsewhere.json").write_text('{"window": ["canary", "green", 0, 100.0], "at": 1, "words": "planted"}')
+    (tmp_path / "analysis.json").symlink_to(tmp_path / "elsewhere.json")
+    assert agents.reading(tmp_path, step) is None
+
+
 def test_compose_runs_the_same_nginx_config_as_the_docker_backend() -> None:
-    from controller.routers.nginx import render_docker_config
+    from controller.drivers.routers.nginx import render_docker_config
     from support import ROOT
 
     assert (ROOT / "docker" / "router" / "nginx.conf").read_text() == render_docker_config(), (
-        "regenerate it: python -m controller.routers.nginx > docker/router/nginx.conf"
+        "regenerate it: python -m controller.drivers.routers.nginx > docker/router/nginx.conf"
     )
 
 
 def test_the_reason_a_service_gave_for_exiting_is_found_in_its_log() -> None:
-    from controller.checks import reason_in
+    from controller.run.checks import reason_in
 
     record = '{"time": "t", "level": "error", "logger": "x", "message": "cannot serve m: wants posix.system"}'
     assert reason_in("started\n" + record + "\nexiting") == "cannot serve m: wants posix.system"
     assert reason_in("error: models/x is not signed\n") == "models/x is not signed"
     assert reason_in("nothing to see") is None
+
+
+def test_a_canary_and_a_watch_are_stored_as_what_they_are_and_older_watches_still_read() -> None:
+    import json
+
+    from controller.core.facts import Canary, Facts, Watch, decode, encode
+
+    base = Facts(name="sample", active="blue", slots={})
+    for rollout in (Canary("green", (5, 50, 100), step=1, watch_seconds=30), Watch("green", 300.0, started_at=9.0)):
+        stored = json.loads(encode(base.replace(rollout=rollout)))
+        assert stored["rollout"]["kind"] == rollout.kind
+        assert decode(json.dumps(stored)).rollout == rollout
+    older = {"kind": "watch", "color": "blue", "started_at": 5.0, "steps": [], "step": 0, "step_seconds": 60.0}
+    read = decode(json.dumps(json.loads(encode(base)) | {"rollout": older | {"watch_seconds": 120.0}})).rollout
+    assert read == Watch("blue", 120.0, started_at=5.0) and read.weight == 100

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import host
+from controller.drivers import host
 from controller.settings import ControllerSettings
 from support import Release, port_open
 

@@ -19,9 +19,8 @@ import pytest
 
 import testmodels
 from artifact.manifest import read_manifest
-from artifact.signing import sign
 from artifact.trust import load_model
-from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict, signer, trust
+from support import ServiceProcess, artifact_with_model, cpus_of, port_open, predict, sign, trust
 
 ENERGY = "We explore for crude oil and natural gas and operate pipelines and refineries."
 
@@ -240,12 +239,12 @@ def test_tampered_truncated_or_mislabelled_artifacts_are_refused_at_start(regist
 
     wrong_hash = copy("wrong-hash")  # signed as it is: the signer's manifest itself is wrong
     rewrite_manifest(wrong_hash, lambda m: m["artifact"].update(sha256="0" * 64))
-    sign(wrong_hash, signer())
+    sign(wrong_hash)
     cases[wrong_hash] = "does not match the manifest"
 
     old_sklearn = copy("old-sklearn")
     rewrite_manifest(old_sklearn, lambda m: m["runtime"].update(sklearn="0.24.2"))
-    sign(old_sklearn, signer())
+    sign(old_sklearn)
     cases[old_sklearn] = "refusing to unpickle across minor versions"
 
     for path, message in cases.items():
@@ -433,22 +432,6 @@ def test_overload_is_shed_with_503_and_retry_after(registry: Path, tmp_path: Pat
         assert all(r.status_code in (200, 503) for r in responses)
         assert any(r.status_code == 200 for r in responses)
         assert predict(service.url, {"description": ENERGY}).status_code == 200  # and it recovers
-
-
-@pytest.mark.parametrize("value", ["x", "", "3-1", "0,,1", "-1"])
-def test_malformed_cpu_lists_are_refused_with_the_accepted_forms(value: str) -> None:
-    from service.settings import parse_cpus
-
-    with pytest.raises(ValueError, match="expected auto, auto-reversed, off or a CPU list"):
-        parse_cpus(value)
-
-
-def test_cpu_lists_keep_their_order() -> None:
-    from service.settings import parse_cpus
-
-    allowed = sorted(os.sched_getaffinity(0))
-    assert parse_cpus("auto") == allowed and parse_cpus("auto-reversed") == allowed[::-1]
-    assert parse_cpus("off") == [] and parse_cpus(",".join(map(str, allowed[::-1]))) == allowed[::-1]
 
 
 def _http(sock: socket.socket, body: bytes) -> bytes:

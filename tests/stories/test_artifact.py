@@ -14,19 +14,19 @@ import pytest
 
 import testmodels
 from artifact.manifest import ArtifactError, read_manifest
-from artifact.registry import write_json, write_model_file
+from artifact.registry import model_bytes
 from artifact.rules import KeywordRuleModel
-from artifact.signing import SIGNATURE_FILE, Trust, create_key, load_private, sign
+from artifact.signing import SIGNATURE_FILE, Trust, create_key, load_private
 from artifact.trust import load_model, read_verified, unpickle
-from support import ROOT, ServiceProcess, artifact_with_model, clean_env, signer, trust
+from support import ROOT, ServiceProcess, artifact_with_model, clean_env, sign, trust, write_manifest
 
 
 def test_a_manifest_from_a_newer_format_is_refused_by_name(registry: Path, tmp_path: Path) -> None:
     version = tmp_path / "sample" / "1"
     shutil.copytree(registry / "sample" / "1", version)
     data = json.loads((version / "manifest.json").read_text())
-    write_json(version / "manifest.json", data | {"format_version": 99})
-    sign(version, signer())  # as a newer Switchyard would have
+    (version / "manifest.json").write_text(json.dumps(data | {"format_version": 99}))
+    sign(version)  # as a newer Switchyard would have
     with pytest.raises(ArtifactError, match="format_version 99; this Switchyard reads format 1"):
         read_manifest(version)
     served = subprocess.run(
@@ -87,15 +87,16 @@ def test_a_pickle_whose_hash_was_recomputed_is_refused_before_it_runs(registry: 
     version = tmp_path / "sample" / "2"
     shutil.copytree(registry / "sample" / "2", version)
     marker = tmp_path / "pwned"
-    digest = write_model_file(version, testmodels.Hostile(str(marker)))  # both files rewritten, the hash recomputed
+    payload, digest = model_bytes(testmodels.Hostile(str(marker)))  # both files rewritten, the hash recomputed
+    (version / "model.joblib").write_bytes(payload)
     data = json.loads((version / "manifest.json").read_text())
-    write_json(version / "manifest.json", data | {"artifact": digest.model_dump()})
+    write_manifest(version, data | {"artifact": digest.model_dump()})
     served = serve(version)
     assert served.returncode == 3 and "does not match its signature" in served.stderr
     assert not marker.exists()
 
     # even signed by a trusted key, a pickle that reaches for os.system is refused by the unpickler
-    sign(version, signer())
+    sign(version)
     served = serve(version)
     assert served.returncode == 3 and "wants posix.system" in served.stderr and "refusing to unpickle" in served.stderr
     assert not marker.exists()

@@ -8,8 +8,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +18,8 @@ import httpx
 import pytest
 from browser import Page, chrome, webhook
 
-from controller.host import free_port
-from support import ROOT, Release, clean_env
+from controller.drivers.host import free_port
+from support import ROOT, Release, cli
 
 PASSWORDS = {"alice": "correct horse battery", "victor": "viewer only please"}
 SHOTS = Path(os.environ["SCREENSHOTS_DIR"]) if os.environ.get("SCREENSHOTS_DIR") else None
@@ -29,23 +27,9 @@ with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
     TEXTS = [row["description"] for row in csv.DictReader(_fh)][::22][:30]  # every class, in turn
 
 
-def run(release: Release, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    """release.py for this deployment's run dir and registry (the console has --host/--port of its own)."""
-    command = [sys.executable, str(ROOT / "controller" / "release.py"), *args]
-    return subprocess.run(
-        [*command, "--run-dir", str(release.run_dir), "--models-dir", str(release.models)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=clean_env(**env),
-        cwd=ROOT,
-        timeout=120,
-    )
-
-
 def add_user(release: Release, name: str, role: str) -> None:
     # from standard input: a password is never a command-line argument
-    result = run(release, "users", "add", name, "--role", role, stdin=PASSWORDS[name] + "\n")
+    result = cli(release, "users", "add", name, "--role", role, stdin=PASSWORDS[name] + "\n")
     assert result.returncode == 0, result.stderr
 
 
@@ -62,7 +46,7 @@ def console_over(models: Path, tmp_path: Path, **settings: str) -> Iterator[tupl
             release("stage", "2", **env)
             add_user(release, "alice", "deployer")
             add_user(release, "victor", "viewer")
-            started = run(release, "console", "--router", "builtin", "--port", str(port), "--detach", **env)
+            started = cli(release, "console", "--router", "builtin", "--port", str(port), "--detach", **env)
             assert started.returncode == 0 and "detached" in started.stdout, started.stderr
             yield release, f"http://127.0.0.1:{port}", received
         finally:
@@ -304,21 +288,6 @@ def test_up_can_start_the_console_and_down_stops_it(models: Path, tmp_path: Path
 
 def test_the_console_refuses_a_public_address_without_accounts(models: Path, tmp_path: Path) -> None:
     release = Release(models, tmp_path / "run", "builtin")
-    result = run(release, "console", "--host", "0.0.0.0", "--port", str(free_port()))
+    result = cli(release, "console", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode == 2
     assert "refusing to serve the console on 0.0.0.0 with no accounts" in result.stderr
-
-
-def test_repeated_wrong_passwords_wait_longer_each_time() -> None:
-    from controller.console.auth import MAX_DELAY, Throttle
-
-    throttle = Throttle()
-    keys = ("user:alice", "client:127.0.0.1")
-    waits = []
-    for _ in range(8):
-        waits.append(throttle.delay(*keys))
-        throttle.failed(*keys)
-    assert waits[0] == 0 and waits == sorted(waits) and waits[3] == 2 * waits[2] and waits[-1] == MAX_DELAY
-    assert throttle.delay("user:bob", "client:127.0.0.1") == MAX_DELAY  # the address is slowed too
-    throttle.succeeded(*keys)
-    assert throttle.delay(*keys) == 0

@@ -8,9 +8,12 @@ deadline.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import itertools
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -25,26 +28,29 @@ from typing import Any
 import httpx
 import pytest
 
-from controller import host
+from controller.drivers import host
 from support import ROOT, ROUTERS, Release, clean_env, misbehaving
 
 ONE_ROUTER = "nginx" if shutil.which("nginx") else "builtin"
 AGENT = {"SWITCHYARD_SUPERVISE": "true", "SWITCHYARD_WATCH_SECONDS": "0"}
-MIN_REQUESTS = 50  # the default analysis_min_requests: the 5xx rate is judged from there
-MIN_SAMPLES = 200  # the default analysis_min_samples: latency, labels, and a step's pass
+MIN_REQUESTS = 50  # the fixed line the sequential test replaced decided here: it must do no worse
+MIN_SAMPLES = 200  # the default analysis_min_samples: a step's pass
 GOLDEN: set[str] = set()
 with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
     TEXTS = [row["description"] for row in csv.DictReader(_fh)]
+# The file is sorted by class; real traffic is not: in order, the first seconds of a watch would be
+# one mix of classes and the next another, and the label signal would rightly call that a shift.
+random.Random(3).shuffle(TEXTS)
 
 
 @pytest.fixture(scope="module")
 def rollout_models(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sample/1 rules, sample/2 tf-idf, and candidates that pass a stage but on live traffic
-    3 fail one request in five, 4 take 100 ms a call (far more than 5x slower), 5 answer Utilities."""
+    3 fail one request in five, 4 take 100 ms a call (far more than 5x slower), 5 answer Utilities,
+    6 take 4 ms more a call (about 5x what the rules model, live in these tests, takes)."""
     root = tmp_path_factory.mktemp("rollout-models")
-    GOLDEN.update(
-        misbehaving(registry, root, [{"fail": True, "fail_every": 5}, {"delay": 0.1}, {"label": "Utilities"}])
-    )
+    behaviours = [{"fail": True, "fail_every": 5}, {"delay": 0.1}, {"label": "Utilities"}, {"delay": 0.004}]
+    GOLDEN.update(misbehaving(registry, root, behaviours))
     return root
 
 
@@ -153,23 +159,33 @@ def test_a_healthy_canary_walks_its_steps_under_load(deployment: Any, router: st
 
 
 BAD = [
-    pytest.param("3", "5xx rate", id="fails-20%"),
-    pytest.param("4", "latency", id="slow"),
-    pytest.param("5", "predicted labels moved", id="one-label"),
+    pytest.param("3", "worse on errors", id="fails-20%"),
+    pytest.param("4", "worse on latency", id="slow"),
+    pytest.param("5", "worse on predictions", id="one-label"),
 ]
 
 
-@pytest.mark.parametrize(("version", "signal_name"), BAD)
+# During a canary both slots answer in the same seconds on the same cores, so even a millisecond model
+# made five times slower shows; two clients, so that a request's time is the model's more than the
+# queue's. (The watch compares with the old version's record, taken under other load: there the
+# simulation in bench/decisions.py and the unit tests carry the millisecond case.)
+FIVE_TIMES_A_1_MS_MODEL = pytest.param("6", "worse on latency", id="five-times-a-1-ms-model")
+
+
+@pytest.mark.parametrize(("version", "signal_name"), [*BAD, FIVE_TIMES_A_1_MS_MODEL])
 def test_a_bad_canary_is_rolled_back_by_the_agent(deployment: Any, version: str, signal_name: str) -> None:
     release: Release = deployment(ONE_ROUTER)
     release("up", "sample", "1", **AGENT)
     release("stage", version, "--no-shadow", **AGENT)
-    with Traffic(release.url) as traffic:
+    with Traffic(release.url, threads=2 if version == "6" else 16) as traffic:
         started = time.time()
         release("promote", "--canary", "5,25,50,100", "--step-seconds", "30", **AGENT)
-        aborted = wait_history(release, lambda r: r["action"] == "abort")
+        aborted = wait_history(release, lambda r: r["action"] in ("abort", "promote"))
         time.sleep(1.0)
-    assert aborted["reason"].startswith(f"automatic rollback: {signal_name}") and "step 1 of 4" in aborted["reason"]
+    assert aborted["reason"].startswith(f"automatic rollback: {signal_name}"), aborted["reason"]
+    # a regression this large is found at the first step; a millisecond one before the canary ends (a
+    # step in which noise hid it passes, and the next one looks again)
+    assert "step 1 of 4" in aborted["reason"] or (version == "6" and "step 4 of 4" not in aborted["reason"])
     assert aborted["actor"] == "agent (automatic)"
     failed = traffic.failed(started)
     print(f"canary of v{version}: {failed} failed client request(s) before the automatic rollback")
@@ -204,6 +220,39 @@ def test_a_bad_deploy_is_rolled_back_during_the_watch(deployment: Any, version: 
     assert status["phase"] == "Staged", "the failed version is parked, not the rollback target"
     refused = release("rollback", check=False)
     assert refused.returncode == 1 and "no previous slot" in refused.stderr
+
+
+def test_a_healthy_deploy_under_load_passes_its_whole_watch(deployment: Any) -> None:
+    release: Release = deployment("builtin")
+    release("up", "sample", "1", **AGENT)
+    release("stage", "2", "--no-shadow", **AGENT)
+    with Traffic(release.url, threads=8) as traffic:
+        time.sleep(2.0)  # v1's record of live traffic
+        release("promote", "--watch-seconds", "20", **AGENT)
+        reading = _analysis_line(release)  # what a person who looks meanwhile reads
+        ended = wait_history(release, lambda r: r["action"] in ("watch", "rollback"))
+    assert ended["action"] == "watch" and ended["reason"].startswith("watch passed"), ended["reason"]
+    assert reading.startswith(("analysis: no difference found yet over", "analysis: not worse over")), reading
+    assert "would show within about" in reading or "not worse over" in reading, reading
+    print(reading)
+    assert traffic.failed() == 0 and release.serving() == "sample/2"
+
+
+def _analysis_line(release: Release, timeout: float = 60.0) -> str:
+    """The agent's reading of the rollout, as `status` prints it, once every signal could be judged.
+
+    Its first readings may come before the first request of the new window ("nothing to compare
+    yet") or within the five seconds the latency test needs ("too few seconds yet"): true, but not
+    what this story is about."""
+    early = ("nothing to compare yet", "too few seconds yet")
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line.strip() for line in release("status", **AGENT).stdout.splitlines()]
+        found = [line for line in lines if line.startswith("analysis: ") and not any(e in line for e in early)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.5)
 
 
 def _pid(handle: str) -> int:
@@ -258,19 +307,54 @@ def test_a_killed_router_is_restored_by_the_agent_and_by_the_next_command(deploy
     assert release.serving() == "sample/2"
 
 
-def test_a_killed_agent_is_reported_then_started_again(deployment: Any) -> None:
+@contextlib.contextmanager
+def _lock_held(run_dir: Path) -> Iterator[None]:
+    """The deployment's command lock, held as a long-running command would hold it."""
+    fd = os.open(run_dir / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_a_killed_agent_is_started_again_by_its_keeper_and_heals_what_died_meanwhile(deployment: Any) -> None:
     release: Release = deployment("builtin")
     release("up", "sample", "1", **AGENT)
     assert "agent:  watches and supervises" in release("status", **AGENT).stdout
-    pid = int((release.run_dir / "agent.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    with Traffic(release.url, threads=4) as traffic:
+        first = int((release.run_dir / "agent.pid").read_text())
+        live = next(s for s in release.status()["slots"] if s["role"] == "live")
+        with _lock_held(release.run_dir):  # a long command runs meanwhile: the keeper's line must not wait on it
+            killed = time.time()
+            os.kill(first, signal.SIGKILL)
+            os.kill(_pid(live["handle"]), signal.SIGKILL)  # and nobody types a command
+            kept = wait_history(release, lambda r: "its keeper started it again" in r["reason"])
+        healed = wait_history(release, lambda r: r["action"] == "heal" and r["step"] is None)
+        time.sleep(1.0)
+    print(
+        f"agent and live instance killed: {traffic.failed(killed)} failed request(s), healed after "
+        f"{at(healed) - killed:.1f} s"
+    )
+    assert killed <= at(kept) < killed + 10 and at(healed) - killed < 30
+    share, count = traffic.share("sample/1", at(healed) + 0.5, float("inf"))
+    assert count > 0 and share == 1.0 and traffic.failed(at(healed) + 0.5) == 0
+    again = int((release.run_dir / "agent.pid").read_text())
+    assert again != first and host.alive(host.handle_of(again))
+
+    # the keeper and the agent killed together: status says so, and the next command starts both again
+    keeper = int((release.run_dir / "keeper.pid").read_text())
+    os.kill(keeper, signal.SIGKILL)
+    os.kill(again, signal.SIGKILL)
     assert "agent:  NOT RUNNING" in release("status", **AGENT).stdout
     release("stage", "2", "--no-shadow", **AGENT)
     assert "agent:  watches and supervises" in release("status", **AGENT).stdout
     assert any(r["reason"] == "the agent was not running; started it again" for r in release.history())
-    again = int((release.run_dir / "agent.pid").read_text())
+    last = int((release.run_dir / "agent.pid").read_text())
     assert "stopped the agent" in release("down").stdout
-    assert not host.alive(host.handle_of(again))
+    assert not host.alive(host.handle_of(last))
+    keeper_pid = release.run_dir / "keeper.pid"
+    assert not keeper_pid.exists() or not host.alive(host.handle_of(int(keeper_pid.read_text())))
 
 
 def test_render_systemd_restores_the_deployment_after_a_reboot(deployment: Any, tmp_path: Path) -> None:
@@ -281,6 +365,7 @@ def test_render_systemd_restores_the_deployment_after_a_reboot(deployment: Any, 
     (unit,) = (tmp_path / "unit").glob("switchyard-*.service")
     text = unit.read_text()
     assert "Type=oneshot" in text and "RemainAfterExit=yes" in text and "WantedBy=multi-user.target" in text
+    assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text and "User=" in text
     assert str(unit) in out.stdout
 
     # a reboot: every process of the deployment is gone, its state remains

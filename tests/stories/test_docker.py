@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -21,10 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from artifact.manifest import Manifest
-from artifact.registry import write_json
-from artifact.signing import sign
-from support import ENERGY, ROOT, Load, Release, clean_env, free_port, signer
+from support import ENERGY, ROOT, Load, Release, clean_env, router_port, sign, write_manifest
 
 # The first test builds the images (debootstrap on a new machine): more than the default 300 s.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -70,7 +68,7 @@ def deployment(images: dict[str, str], models: Path) -> Iterator[tuple[Release, 
         "SWITCHYARD_MODEL_VERSION": "1",
         "SWITCHYARD_BACKEND": "docker",
     }
-    release = Release(scratch / "models", scratch / "run", "auto", free_port())
+    release = Release(scratch / "models", scratch / "run", "auto", router_port())
     env["SWITCHYARD_ROUTER_PORT"] = str(release.port)
     env["SWITCHYARD_RUN_DIR"] = str(release.run_dir)  # compose mounts its shadow folder
     yield release, env
@@ -133,7 +131,19 @@ def test_compose_up_then_release_drives_containers_under_load(deployment: tuple[
     assert status["phase"] == "Healthy" and status["router"]["kind"] == "docker-nginx"
     colors = {c.labels["switchyard.color"]: c.labels["switchyard.version"] for c in labelled(project, "instance")}
     assert colors == {"blue": "1", "green": "2"}
-    assert all(c.attrs["Config"]["User"] == "10001" for c in labelled(project, "instance"))
+    assert all(c.attrs["Config"]["User"].split(":")[0] == "10001" for c in labelled(project, "instance"))
+
+    # The containers the backend starts run with least privilege, and share folders nobody else can write
+    (green,) = [c for c in labelled(project, "instance") if c.labels["switchyard.color"] == "green"]
+    host_config = green.attrs["HostConfig"]
+    assert host_config["CapDrop"] == ["ALL"] and host_config["ReadonlyRootfs"] is True
+    assert "no-new-privileges:true" in host_config["SecurityOpt"]
+    assert host_config["Memory"] > 0 and host_config["PidsLimit"] == 256
+    (router,) = labelled(project, "router")
+    assert "no-new-privileges:true" in (router.attrs["HostConfig"]["SecurityOpt"] or [])
+    for folder, mode in ((env["SWITCHYARD_DOCKER_SOCKET_DIR"], 0o755), (str(release.run_dir / "shadow"), 0o700)):
+        info = os.stat(folder)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (10001, mode), folder
 
     # And down removes what the backend runs, and nothing else
     release("down", **env)
@@ -148,8 +158,8 @@ def test_a_container_that_fails_its_checks_is_refused_and_removed(deployment: tu
     data = json.loads((old / "manifest.json").read_text())
     data.update(version=6)
     data["runtime"]["sklearn"] = "0.24.2"
-    write_json(old / "manifest.json", Manifest.model_validate(data).model_dump(mode="json"))
-    sign(old, signer())  # built and signed elsewhere, with another scikit-learn
+    write_manifest(old, data)
+    sign(old)  # built and signed elsewhere, with another scikit-learn
     subprocess.run(["chmod", "-R", "a+rX", str(old)], check=True)
 
     release("up", "sample", "1", **env)

@@ -7,23 +7,24 @@ SQLite and time are fakes.
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from artifact.shadow import Control
 from artifact.trust import load_model
-from controller import shadow
-from controller.deployment import Deployment
+from controller.core.facts import Facts
+from controller.core.phase import ALLOWED, COMMANDS, Observed, Phase
+from controller.core.planner import plan
+from controller.core.steps import Command, Plan, Refusal
+from controller.drivers import host, shadow
+from controller.drivers.host import free_port
 from controller.errors import CheckFailed, NeedsOperator, Refused, UsageError
-from controller.facts import Facts
-from controller.host import free_port
-from controller.phase import ALLOWED, COMMANDS, Observed, Phase
-from controller.planner import plan
+from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
-from controller.steps import Command, Plan, Refusal
 from fakes import Crash, CrashAt, FakeBackend, FakeClock, FakeProbes, FakeRouter, MemoryStore, NoCrash
 from support import TRUSTED_KEYS, artifact_with_model, trust
 
@@ -106,7 +107,7 @@ def _facts_for(phase: Phase, world: World) -> tuple[Facts, Observed]:
     controller = world.controller()
     facts = world.facts
     if phase is Phase.PROGRESSING:
-        from controller.facts import Op
+        from controller.core.facts import Op
 
         facts = facts.replace(op=Op("stage", "green", 2, "smoke"))
     return facts, controller.observe(facts)
@@ -218,9 +219,19 @@ def test_up_refuses_a_taken_port(world: World) -> None:
         port = taken.getsockname()[1]
         controller = world.controller()
         controller.settings = controller.settings.model_copy(update={"router_port": port})
-        with pytest.raises(UsageError, match=f"port {port} on 127.0.0.1 is in use"):
+        with pytest.raises(
+            UsageError, match=f"port {port} on 127.0.0.1 is in use \\(it is taken by pid {os.getpid()}: "
+        ):
             controller.up("sample", 1)
     assert world.backend.calls == []
+
+
+def test_a_router_port_lent_to_an_outgoing_connection_is_named_as_such() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as client:
+        port = client.getsockname()[1]  # the kernel lent it from its ephemeral range
+        assert host.port_user(port).startswith("1 connection(s) use it as their own port; choose a port outside")
 
 
 # ------------------------------------------------------------------ runs: calls made, facts left
@@ -378,7 +389,7 @@ def test_a_controller_killed_before_any_step_is_reported_and_repaired(world: Wor
         assert any(e.outcome == "repaired" for e in world.store.events)
     control = world.run_dir / "shadow" / "control.json"  # copies go where the repaired facts say
     wanted = shadow.desired(world.facts, world.controller().settings)
-    assert (json.loads(control.read_text()) if control.exists() else None) == wanted
+    assert (Control.parse(control.read_bytes()) if control.exists() else None) == wanted
 
 
 def test_a_crash_after_the_flip_is_completed_and_the_old_slot_retired(world: World) -> None:
@@ -451,12 +462,13 @@ def test_a_candidate_much_slower_than_live_is_refused_unless_forced(world: World
     world.controller().up("sample", 1)
     world.probes.seconds[2] = 0.0119  # the figures: 11.9 ms against live's 2.0
     world.probes.seconds[1] = 0.0020
-    with pytest.raises(CheckFailed, match=r"speed failed: 11.9 ms for its fastest one-row request vs live v1 2.0 ms"):
+    refused = r"speed failed: median 11.9 ms vs live 2.0 ms on the same rows; more than 3x slower in 40 of 40"
+    with pytest.raises(CheckFailed, match=refused):
         world.controller().stage(2)
     assert world.leaked() == set()
     world.probes.seconds[2] = 0.0045  # slower, within the default factor of 3
     world.controller().stage(2)
-    assert any("speed: 4.5 ms" in line for line in world.said)
+    assert any("speed: median 4.5 ms vs live 2.0 ms" in line for line in world.said)
     world.probes.seconds[4] = 0.05
     world.controller().stage(4, force=True)
     assert world.facts.slots["green"].version == 4 and world.store.events[-1].forced

@@ -181,6 +181,23 @@ def test_malformed_bodies_are_400_not_500(text_service: ServiceProcess) -> None:
     assert httpx.get(url).status_code == 405
 
 
+def binary_request(url: str, declared_rows: int, elements: int) -> httpx.Response:
+    """A binary BYTES tensor of ``elements`` empty strings (4 bytes each) declared as ``declared_rows``."""
+    data = b"\0\0\0\0" * elements
+    tensor = {"name": "description", "datatype": "BYTES", "shape": [declared_rows]}
+    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": len(data)}}]}).encode()
+    return httpx.post(url, content=header + data, headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def test_a_binary_tensor_over_the_row_limit_is_refused_before_it_is_decoded(text_service: ServiceProcess) -> None:
+    url = text_service.url + "/v2/models/sample/infer"
+    many = binary_request(url, 16_000, 16_000)  # 64 KB of rows, each a few bytes: under the body limit
+    assert many.status_code == 422 and "16000 rows, the limit is 16" in many.json()["error"]
+    lying = binary_request(url, 2, 16_000)  # a small declared shape, with far more data behind it
+    assert lying.status_code == 400 and "more than the 2 values of its shape" in lying.json()["error"]
+    assert httpx.get(text_service.url + "/v2/health/live").status_code == 200
+
+
 ROUTERS = [
     pytest.param(
         "nginx",
