@@ -316,4 +316,13 @@ def test_the_served_linear_model_gives_sklearns_probabilities(registry: Path) ->
         assert want.dtype == got.dtype and want.shape == got.shape
         for part in ("indptr", "indices", "data"):
             np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
+    # A few rows are scored without sparse matrices: the same features bit for bit, the same answers
+    for text in held_out:
+        want = vectorizer.transform(lead.transform([text]))
+        columns, values = served.row_features(text)
+        assert values.dtype == want.dtype
+        np.testing.assert_array_equal(columns, want.indices)
+        np.testing.assert_array_equal(values, want.data)
+    one_by_one = np.vstack([served.predict_proba([text]) for text in held_out])
+    np.testing.assert_allclose(one_by_one, fitted.predict_proba(held_out), rtol=0, atol=1e-12)
     assert read_manifest(registry / "sample" / "2").model["serving_form"] == "CalibratedLinearText"

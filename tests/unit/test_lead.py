@@ -40,6 +40,8 @@ def test_the_served_form_gives_scikit_learns_probabilities_with_the_lead_block()
     assert form == "CalibratedLinearText" and isinstance(served, CalibratedLinearText) and served.lead == 2
     unseen = ["A drilling company. It sells oil.", "Software!", "no sentence end at all"]
     np.testing.assert_allclose(served.predict_proba(unseen), fitted.predict_proba(unseen), rtol=0, atol=1e-12)
+    many = unseen * 4  # past the few rows scored without sparse matrices
+    np.testing.assert_allclose(served.predict_proba(many), fitted.predict_proba(many), rtol=0, atol=1e-12)
     plain = kinds.build(ModelConfig(kind="tfidf-linear", params={"min_df": 1, "calibration_cv": 2}))
     reduced = CalibratedLinearText.from_pipeline(plain.fit(TEXTS, LABELS))
     assert reduced is not None and reduced.lead == 0  # without the setting, no lead block
