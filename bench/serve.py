@@ -188,7 +188,9 @@ class Server:
             self.proc.wait()
 
 
-def servers(model_dir: Path, modes: list[str]) -> list[Server]:
+def servers(model_dir: Path, modes: list[str], trusted_keys: Path | None = None) -> list[Server]:
+    """Servers of ``model_dir`` for ``modes`` (``trusted_keys``: the folder of the keys it was signed
+    with; the pipeline's own by default)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     base["PYTHONPATH"] = str(ROOT)
     py = sys.executable
@@ -205,6 +207,8 @@ def servers(model_dir: Path, modes: list[str]) -> list[Server]:
             workers = "2" if "-2w" in mode else "1"
             batching = "--batching" if "batch-on" in mode else "--no-batching"
             argv = [py, "-m", "service", "--model", str(model_dir), "--port", str(port), "--workers", workers, batching]
+            if trusted_keys is not None:
+                argv += ["--trusted-keys", str(trusted_keys)]
             if mode.endswith("unpinned"):
                 argv += ["--cpu-affinity", "off"]
             env = base
