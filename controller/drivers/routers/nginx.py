@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -253,6 +254,10 @@ class NginxRouter(SymlinkRouting):
 
     def start(self, upstream: str) -> Router:
         self._orphans()
+        # A killed master's workers release the port a moment after they are gone from /proc
+        deadline = time.monotonic() + 5.0
+        while not host.port_free(self.settings.router_host, self.settings.router_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if not host.port_free(self.settings.router_host, self.settings.router_port):
             port = self.settings.router_port
             raise NeedsOperator(
