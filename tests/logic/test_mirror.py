@@ -158,6 +158,16 @@ def test_a_control_that_names_another_source_is_not_followed_and_a_bad_one_is_ig
     run(story())
 
 
+async def offer_one_at_a_time(mirror: Mirror, records: Path, copies: int) -> None:
+    """Offer ``copies`` copies, each once the one before is recorded, so that each meets its own reply."""
+    for i in range(copies):
+        mirror.offer(request("oil"), b"r%d" % i, answer("Energy"), 1.0)
+        for _ in range(200):
+            if evidence.fold(records.read_bytes().splitlines()).requests == i + 1:
+                break
+            await asyncio.sleep(0.05)
+
+
 def test_a_chunked_answer_is_read_and_an_oversized_or_garbled_one_is_an_error_not_a_record(tmp_path: Path) -> None:
     body = answer("Energy")
     replies = iter(
@@ -175,12 +185,7 @@ def test_a_chunked_answer_is_read_and_an_oversized_or_garbled_one_is_an_error_no
         server = await serve(tmp_path / "cand.sock", odd, [])
         control = Control(source=LIVE.decode(), target=str(tmp_path / "cand.sock"), records="cand.jsonl", rate=1000)
         mirror, task = await mirror_running(tmp_path, control)
-        for i in range(3):  # one at a time, so that each meets its own reply
-            mirror.offer(request("oil"), b"r%d" % i, answer("Energy"), 1.0)
-            for _ in range(200):
-                if evidence.fold((tmp_path / "cand.jsonl").read_bytes().splitlines()).requests == i + 1:
-                    break
-                await asyncio.sleep(0.05)
+        await offer_one_at_a_time(mirror, tmp_path / "cand.jsonl", 3)
         await stop(task)
         server.close()
 
@@ -215,12 +220,7 @@ def test_a_connection_the_candidate_closed_while_idle_is_no_error_and_one_closed
         server = await asyncio.start_unix_server(handle, path=str(tmp_path / "cand.sock"))
         control = Control(source=LIVE.decode(), target=str(tmp_path / "cand.sock"), records="cand.jsonl", rate=1000)
         mirror, task = await mirror_running(tmp_path, control)
-        for i in range(answered + 1):  # one at a time, so that each meets its own reply
-            mirror.offer(request("oil"), b"r%d" % i, answer("Energy"), 1.0)
-            for _ in range(200):
-                if evidence.fold((tmp_path / "cand.jsonl").read_bytes().splitlines()).requests == i + 1:
-                    break
-                await asyncio.sleep(0.05)
+        await offer_one_at_a_time(mirror, tmp_path / "cand.jsonl", answered + 1)
         await stop(task)
         server.close()
 
