@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controller import messages
 from controller.core.facts import Canary, Facts
 
 
@@ -116,15 +117,13 @@ ALLOWED: dict[Phase, frozenset[str]] = {
 }
 
 HINTS: dict[tuple[Phase, str], str] = {
-    (Phase.ABSENT, "stage"): "nothing is live; run `release.py up NAME VERSION` first",
-    (Phase.ABSENT, "promote"): "nothing is live; run `release.py up NAME VERSION` first",
-    (Phase.ABSENT, "promote VERSION"): "nothing is live; run `release.py up NAME VERSION` first",
-    (Phase.ABSENT, "rollback"): "nothing is live, so there is nothing to roll back",
-    (Phase.HEALTHY, "promote"): (
-        "nothing is staged and no VERSION given; run `release.py stage VERSION` or `release.py promote VERSION`"
-    ),
-    (Phase.CANARY, "stage"): "a canary is in progress; `release abort` ends it first",
-    (Phase.CANARY, "promote VERSION"): "a canary is in progress; `release promote` completes it, `abort` ends it",
+    (Phase.ABSENT, "stage"): messages.NOTHING_LIVE(),
+    (Phase.ABSENT, "promote"): messages.NOTHING_LIVE(),
+    (Phase.ABSENT, "promote VERSION"): messages.NOTHING_LIVE(),
+    (Phase.ABSENT, "rollback"): messages.NOTHING_TO_ROLL_BACK(),
+    (Phase.HEALTHY, "promote"): messages.NOTHING_STAGED(),
+    (Phase.CANARY, "stage"): messages.CANARY_IN_PROGRESS(),
+    (Phase.CANARY, "promote VERSION"): messages.CANARY_COMPLETES_FIRST(),
 }
 
 
@@ -134,4 +133,4 @@ def refusal(phase: Phase, command: str) -> str | None:
         return None
     hint = HINTS.get((phase, command), f"not allowed while {phase}")
     allowed = ", ".join(c for c in COMMANDS if c in ALLOWED[phase])
-    return f"cannot {command}: {hint} (allowed now: {allowed})"
+    return messages.NOT_ALLOWED_NOW(command=command, hint=hint, allowed=allowed)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from controller import messages
 from controller.core.facts import Canary, Event, Facts, Rollout, Watch, other
-from controller.core.phase import HINTS, Observed, Phase, derive_phase, refusal
+from controller.core.phase import Observed, Phase, derive_phase, refusal
 from controller.core.steps import Command, Plan, Refusal, Step
 from controller.errors import NeedsOperator, UsageError
 from controller.vocabulary import StepName, Verb
@@ -52,7 +53,9 @@ def _dead_live(facts: Facts, observed: Observed) -> Refusal | None:
             f"`release rollback` to send users to v{facts.slots[facts.previous].version}, which is ready, or " + way_out
         )
     return Refusal(
-        f"{facts.name} v{live.version} is live in {facts.active}, but it is {problem}: users get errors; {way_out}",
+        messages.LIVE_IS_DOWN(
+            name=facts.name, version=live.version, color=facts.active, problem=problem, way_out=way_out
+        ),
         NeedsOperator,
     )
 
@@ -93,7 +96,9 @@ def _stage(command: Command, facts: Facts, observed: Observed) -> list[Step] | R
     assert facts.active is not None and command.version is not None
     version, force = command.version, command.force
     if _version(facts, facts.active) == version:
-        return Refusal(f"cannot stage: v{version} is already live in {facts.active}")
+        return Refusal(
+            messages.CANNOT(command="stage", reason=messages.ALREADY_LIVE(version=version, color=facts.active))
+        )
     idle = other(facts.active)
     existing = facts.slot(idle)
     if existing is not None and existing.version == version and observed.ready.get(idle):
@@ -147,9 +152,9 @@ def _unhealthy(action: Verb, facts: Facts, observed: Observed, target: str, forc
         return None
     slot = facts.slots[target]
     problem = observed.problems.get(target) or ("not running" if not observed.alive.get(target) else "not ready")
-    reason = f"{target} (v{slot.version}) is not healthy ({problem}); refusing to flip to it"
+    reason = messages.NOT_HEALTHY(color=target, version=slot.version, problem=problem)
     event = Event(action, "refused", _version(facts, facts.active), slot.version, StepName.READY, reason, force)
-    return Refusal(f"cannot {action}: {reason}", event=event)
+    return Refusal(messages.CANNOT(command=action, reason=reason), event=event)
 
 
 def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
@@ -173,7 +178,7 @@ def _promote(command: Command, facts: Facts, observed: Observed) -> Plan | Refus
     if isinstance(rollout, Canary):
         return _complete(command, facts, rollout, "completed by hand")
     if facts.staged is None:
-        return Refusal(f"cannot promote: {HINTS[(Phase.HEALTHY, 'promote')]}")
+        return Refusal(messages.CANNOT(command="promote", reason=messages.NOTHING_STAGED()))
     target_version = facts.slots[facts.staged].version
     unhealthy = _unhealthy(Verb.PROMOTE, facts, observed, facts.staged, force)
     if unhealthy:
@@ -221,7 +226,7 @@ def _path(rollout: Canary) -> str:
 def _advance(command: Command, facts: Facts) -> Plan | Refusal:
     rollout = facts.rollout
     if not isinstance(rollout, Canary):
-        return Refusal("cannot advance: no canary is in progress")
+        return Refusal(messages.CANNOT(command="advance", reason=messages.NO_CANARY()))
     after = dataclasses.replace(rollout, step=rollout.step + 1)
     if after.weight >= 100:
         return _complete(command, facts, rollout, command.reason or "passed every step")
@@ -238,7 +243,7 @@ def _advance(command: Command, facts: Facts) -> Plan | Refusal:
 def _abort(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal:
     rollout = facts.rollout
     if rollout is None:
-        return Refusal(f"cannot {command.name}: no canary or watch is in progress")
+        return Refusal(messages.CANNOT(command=command.name, reason=messages.NO_ROLLOUT()))
     if isinstance(rollout, Watch):
         return _rollback(facts, observed, command)
     version = facts.slots[rollout.color].version
@@ -255,7 +260,7 @@ def _abort(command: Command, facts: Facts, observed: Observed) -> Plan | Refusal
 def _conclude(command: Command, facts: Facts) -> Plan | Refusal:
     rollout = facts.rollout
     if not isinstance(rollout, Watch):
-        return Refusal("cannot conclude: no watch is in progress")
+        return Refusal(messages.CANNOT(command="conclude", reason=messages.NO_WATCH()))
     version = facts.slots[rollout.color].version
     return Plan((Step(StepName.COMMIT, Verb.WATCH, rollout.color, version, reason=command.reason),), facts)
 
@@ -264,7 +269,7 @@ def _heal(facts: Facts, observed: Observed) -> Plan | Refusal:
     """Restart what died (the live slot first, with traffic on the other slot meanwhile if it is
     ready), then make sure the router runs and points where the facts say."""
     if facts.active is None:
-        return Refusal("nothing to restore: no deployment is recorded here; `release up NAME VERSION` starts one")
+        return Refusal(messages.NOTHING_TO_RESTORE())
     live = facts.slots[facts.active]
     steps: list[Step] = []
     idle = other(facts.active)
@@ -285,7 +290,7 @@ def _rollback(facts: Facts, observed: Observed, command: Command) -> Plan | Refu
     target = facts.previous
     if target is None or facts.slot(target) is None:
         held = f"; {facts.staged} holds the staged v{_version(facts, facts.staged)}" if facts.staged else ""
-        return Refusal(f"cannot rollback: there is no previous slot to flip back to{held}")
+        return Refusal(messages.CANNOT(command="rollback", reason=messages.NO_PREVIOUS_SLOT(held=held)))
     version = facts.slots[target].version
     unhealthy = _unhealthy(Verb.ROLLBACK, facts, observed, target, False)
     if unhealthy:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from artifact.manifest import Manifest
+from controller import messages
 from controller.core import evidence
 from controller.core.facts import Canary, Event, Facts, Shadow, Watch
 from controller.core.phase import Observed
@@ -269,29 +270,43 @@ class Deployment:
             assert isinstance(rollout, Canary) and live is not None
             canary = after.slots[rollout.color]
             rest = " -> ".join(f"{w}%" for w in rollout.steps[rollout.step + 1 :])
-            return (
-                f"canary: {after.name} v{canary.version} ({canary.color}) takes {rollout.weight}% of live traffic; "
-                f"the agent moves it on to {rest}, a step every {rollout.step_seconds:g} s at least while the "
-                "analysis passes; `release abort` sends every request back to "
-                f"v{live.version}"
+            return messages.CANARY_TAKES(
+                name=after.name,
+                version=canary.version,
+                color=canary.color,
+                weight=rollout.weight,
+                rest=rest,
+                seconds=f"{rollout.step_seconds:g}",
+                live=live.version,
             )
         if last.action in (Verb.ABORT, Verb.WATCH):
             assert live is not None
-            return f"{last.action}: {after.name} v{live.version} ({live.color}) takes all live traffic; {last.reason}"
+            return messages.TAKES_ALL(
+                action=last.action, name=after.name, version=live.version, color=live.color, reason=last.reason
+            )
         old = before.slot(before.active)
         assert live is not None and old is not None and after.router is not None
         said = "".join(f"; {note}" for note in plan.notes)
         if isinstance(rollout, Watch):
-            said += (
-                f"; the agent watches it for {rollout.watch_seconds:g} s and rolls back by itself on errors, "
-                "latency or a shift in its predictions"
-            )
+            said += "; " + messages.WATCHED(seconds=f"{rollout.watch_seconds:g}")
         if last.parked:
-            said = f"; v{old.version} stays parked (staged) in {old.color}, out of traffic"
-            return f"{last.action}: {after.name} v{live.version} ({live.color}) is live again{said}; {last.reason}"
-        return (
-            f"{last.action}: {after.name} v{live.version} ({live.color}) is live at {after.router.url}; "
-            f"v{old.version} ({old.color}) keeps running as the rollback target{said}"
+            return messages.LIVE_AGAIN(
+                action=last.action,
+                name=after.name,
+                version=live.version,
+                color=live.color,
+                said="; " + messages.PARKED(version=old.version, color=old.color),
+                reason=last.reason,
+            )
+        return messages.LIVE(
+            action=last.action,
+            name=after.name,
+            version=live.version,
+            color=live.color,
+            url=after.router.url,
+            old_version=old.version,
+            old_color=old.color,
+            said=said,
         )
 
     # ------------------------------------------------------------------ reading

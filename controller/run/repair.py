@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from controller import messages
 from controller.core.facts import Canary, Event, Facts, Instance, flipped
 from controller.drivers.seams import Seams
 from controller.run import checks
@@ -38,17 +39,17 @@ def settle(facts: Facts, seams: Seams, say: Say) -> tuple[Facts, str, bool]:
         old = facts.slot(facts.active)
         if old is not None and old != candidate:
             retire(old, seams)  # as a flip does: no request may keep reaching the old version
-        say(f"repair: completing the interrupted {op.action}: {op.color} (v{op.version}) is live")
+        say(messages.REPAIR_COMPLETED(action=op.action, color=op.color, version=op.version))
         rollout = op.rollout and dataclasses.replace(op.rollout, started_at=seams.clock.time())
         done = flipped(facts, op.color, rollout, parked=op.parked)
         return done, "interrupted after the router flipped; completed", True
     if op.step == StepName.FLIP and router is not None and facts.active is not None:
         seams.router.point_to(router, facts.slots[facts.active].socket)  # undo a partial flip
-        say(f"repair: the interrupted {op.action} never reached the router; live traffic unchanged")
+        say(messages.REPAIR_NEVER_FLIPPED(action=op.action))
         return facts.replace(op=None), "interrupted before the flip took effect", False
     if candidate is not None and candidate not in facts.slots.values():
         seams.backend.stop(candidate.handle)
-    say(f"repair: stopped the half-started {op.action} of v{op.version} (it had reached {op.step!r})")
+    say(messages.REPAIR_STOPPED_HALF_STARTED(action=op.action, version=op.version, step=repr(op.step)))
     return facts.replace(op=None), f"interrupted at step {op.step!r}; candidate stopped, live traffic unchanged", False
 
 
@@ -101,13 +102,13 @@ def _router(facts: Facts, seams: Seams, events: list[Event]) -> Facts:
         return facts
     live = facts.slots[facts.active]
     if not seams.router.alive(router):
-        seams.say(f"repair: the router ({router.kind}) is not running; starting it again")
+        seams.say(messages.REPAIR_ROUTER_DOWN(kind=router.kind))
         facts = facts.replace(router=seams.router.start(live.socket))
         events.append(Event(Verb.REPAIR, "repaired", live.version, live.version, StepName.ROUTER, "router restarted"))
     else:
         if seams.router.shares(router) == shares(facts):
             return facts
-        seams.say("repair: the router sends traffic elsewhere than the facts say; pointing it back")
+        seams.say(messages.REPAIR_ROUTER_ELSEWHERE())
         events.append(
             Event(Verb.REPAIR, "repaired", live.version, live.version, StepName.ROUTER, "router pointed back")
         )
@@ -138,11 +139,11 @@ def repair(facts: Facts, seams: Seams) -> Facts:
         events.append(Event(op.action, "repaired", live.version if live else None, op.version, op.step, reason))
     instances, routers = strays(facts, seams)
     for handle in instances:
-        seams.say(f"repair: stopping a stray instance ({handle}) that no slot accounts for")
+        seams.say(messages.REPAIR_STRAY_INSTANCE(handle=handle))
         seams.backend.stop(handle)
         events.append(Event(Verb.REPAIR, "repaired", reason=f"stopped stray instance {handle}"))
     for handle in routers:
-        seams.say(f"repair: stopping a stray router ({handle})")
+        seams.say(messages.REPAIR_STRAY_ROUTER(handle=handle))
         seams.router.remove_stray(handle)
         events.append(Event(Verb.REPAIR, "repaired", reason=f"stopped stray router {handle}"))
     facts = _router(facts, seams, events)

@@ -16,6 +16,7 @@ import pytest
 
 from artifact.shadow import Control
 from artifact.trust import load_model
+from controller import messages
 from controller.core.facts import Facts
 from controller.core.phase import ALLOWED, COMMANDS, Observed, Phase
 from controller.core.planner import plan
@@ -134,7 +135,7 @@ def test_the_planner_refuses_exactly_what_the_table_forbids(world: World, phase:
     decision = plan(command, facts, observed)
     assert name in COMMANDS
     if name not in ALLOWED[phase]:
-        assert isinstance(decision, Refusal) and decision.reason.startswith(f"cannot {name}: ")
+        assert isinstance(decision, Refusal) and messages.CANNOT.found_in(decision.reason, command=name)
         assert "allowed now: " in decision.reason
     else:  # allowed by the table: a plan, or a refusal on the facts that says why
         assert isinstance(decision, Plan) or "allowed now" not in decision.reason
@@ -200,11 +201,11 @@ def test_refusals_that_depend_on_the_facts(world: World) -> None:
     world.controller().up("sample", 1)
     with pytest.raises(Refused, match="v1 is already live in blue"):
         world.controller().stage(1)
-    with pytest.raises(Refused, match="no previous slot"):
+    with pytest.raises(Refused, match=messages.NO_PREVIOUS_SLOT.pattern()):
         world.controller().rollback()
     world.controller().promote(2)
     world.backend.kill(world.facts.slots["blue"].handle)
-    with pytest.raises(Refused, match=r"blue \(v1\) is not healthy \(not running\); refusing to flip"):
+    with pytest.raises(Refused, match=messages.NOT_HEALTHY.pattern(color="blue", version=1, problem="not running")):
         world.controller().rollback()
     assert world.store.events[-1].outcome == "refused" and world.store.events[-1].step == "ready"
     assert world.serving() == 2
@@ -308,7 +309,7 @@ def test_down_stops_everything_and_any_command_restarts_a_dead_router(world: Wor
     world.router.running.clear()  # the router died
     assert "already up" in world.controller().up("sample", 2)
     assert world.serving() == 2
-    assert "repair: the router (fake) is not running; starting it again" in world.said
+    assert messages.REPAIR_ROUTER_DOWN.found_in("\n".join(world.said), kind="fake")
     assert world.store.events[-1].reason == "router restarted"
     world.router.running.clear()  # and again: a rollback repairs it instead of failing
     assert "rollback:" in world.controller().rollback()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_controller_runs import CrashAtNth, World
 
+from controller import messages
 from controller.core.facts import Facts
 from controller.errors import Refused
 from controller.run.deployment import Deployment
@@ -35,7 +36,7 @@ def shares(world: World) -> dict[int, int]:
 
 def test_a_canary_walks_its_steps_then_flips(world: World) -> None:
     message = canary_running(world)
-    assert "takes 5% of live traffic" in message and "50% -> 100%" in message
+    assert messages.CANARY_TAKES.found_in(message, weight=5, rest="50% -> 100%")
     assert shares(world) == {1: 95, 2: 5}
     assert world.controller().status()["phase"] == "Canary"
     rollout = world.facts.rollout
@@ -76,7 +77,7 @@ def test_abort_sends_everything_back_and_parks_the_candidate(world: World) -> No
     assert world.controller().status()["phase"] == "Staged"
     last = world.store.events[-1]
     assert (last.action, last.from_version, last.to_version) == ("abort", 2, 1)
-    with pytest.raises(Refused, match="no canary or watch is in progress"):
+    with pytest.raises(Refused, match=messages.NO_ROLLOUT.pattern()):
         world.controller().abort()
 
 
@@ -91,11 +92,13 @@ def test_an_automatic_rollback_parks_the_failed_version(world: World) -> None:
     world.controller().promote(2, watch_seconds=300)
     agent = Deployment(world.controller().settings, **_seams(world), actor="agent (automatic)")
     message = agent.rollback("automatic rollback: worse on errors: 20.0% vs 0.4% 5xx over 60 requests", automatic=True)
-    assert "v2 stays parked (staged) in green" in message
+    assert messages.PARKED.found_in(message, version=2, color="green")
     assert world.facts.active == "blue" and world.facts.staged == "green" and world.facts.previous is None
     assert world.serving() == 1
     assert world.store.events[-1].reason == "automatic rollback: worse on errors: 20.0% vs 0.4% 5xx over 60 requests"
-    with pytest.raises(Refused, match="no previous slot"):  # a person's rollback cannot flip to the failed one
+    with pytest.raises(
+        Refused, match=messages.NO_PREVIOUS_SLOT.pattern()
+    ):  # a person's rollback cannot flip to the failed one
         world.controller().rollback()
 
 
@@ -124,7 +127,7 @@ def test_up_with_no_arguments_restores_what_the_facts_describe(world: World) -> 
     assert world.serving() == 2 and world.leaked() == set()
     assert world.controller().status()["phase"] == "Healthy"
     world.controller().down()
-    with pytest.raises(Refused, match="nothing to restore"):
+    with pytest.raises(Refused, match=messages.NOTHING_TO_RESTORE.pattern()):
         world.controller().up()
 
 
@@ -192,7 +195,7 @@ def test_a_one_button_promote_with_canary_steps_starts_the_canary(world: World) 
     canary as for a staged version (no flag a command accepts is dropped by one of its paths)."""
     world.controller().up("sample", 1)
     message = world.controller().promote(2, canary=(20, 50, 100), step_seconds=5)
-    assert "takes 20% of live traffic" in message
+    assert messages.CANARY_TAKES.found_in(message, weight=20)
     assert shares(world) == {1: 80, 2: 20}
     rollout = world.facts.rollout
     assert rollout is not None and (rollout.kind, rollout.steps, rollout.step_seconds) == ("canary", (20, 50, 100), 5)
@@ -270,6 +273,6 @@ def test_a_flip_killed_before_its_commit_is_completed_as_the_commit_would_have(
         assert world.serving() == target
         assert target == (before if case != "conclude" else 1) or live != before
     else:
-        with pytest.raises(Refused, match="no previous slot"):
+        with pytest.raises(Refused, match=messages.NO_PREVIOUS_SLOT.pattern()):
             world.controller().rollback()
         assert world.facts.staged is not None and world.facts.slots[world.facts.staged].version == 2

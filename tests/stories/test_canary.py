@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller import messages
 from controller.drivers import host
 from support import ROOT, ROUTERS, Release, clean_env, misbehaving
 
@@ -141,7 +142,7 @@ def test_a_healthy_canary_walks_its_steps_under_load(deployment: Any, router: st
     release("stage", "2", "--no-shadow", **AGENT)
     with Traffic(release.url) as traffic:
         out = release("promote", "--canary", "5,25,50,100", "--step-seconds", "3", **AGENT)
-        assert "takes 5% of live traffic" in out.stdout
+        assert messages.CANARY_TAKES.found_in(out.stdout, weight=5)
         done = wait_history(release, lambda r: r["action"] == "promote" and r["outcome"] == "ok")
         time.sleep(1.0)  # a second of traffic after the last step
     assert "canary analysis passed" in done["reason"] and done["actor"] == "agent (automatic)"
@@ -207,7 +208,7 @@ def test_a_bad_deploy_is_rolled_back_during_the_watch(deployment: Any, version: 
         time.sleep(2.0)  # v1's own record of live traffic, to compare the new version with
         started = time.time()
         out = release("promote", "--watch-seconds", "60", **AGENT)
-        assert "the agent watches it for 60 s" in out.stdout
+        assert messages.WATCHED.found_in(out.stdout, seconds=60)
         rolled = wait_history(release, lambda r: r["action"] == "rollback")
         time.sleep(1.0)
     assert rolled["reason"].startswith(f"automatic rollback: {signal_name}") and "into the watch" in rolled["reason"]
@@ -219,7 +220,7 @@ def test_a_bad_deploy_is_rolled_back_during_the_watch(deployment: Any, version: 
     status = release.status()
     assert status["phase"] == "Staged", "the failed version is parked, not the rollback target"
     refused = release("rollback", check=False)
-    assert refused.returncode == 1 and "no previous slot" in refused.stderr
+    assert refused.returncode == 1 and messages.NO_PREVIOUS_SLOT.found_in(refused.stderr)
 
 
 def test_a_healthy_deploy_under_load_passes_its_whole_watch(deployment: Any) -> None:
@@ -301,7 +302,7 @@ def test_a_killed_router_is_restored_by_the_agent_and_by_the_next_command(deploy
     second = release.status()["router"]["handle"]
     os.kill(_pid(second), signal.SIGKILL)
     out = release("stage", "2", "--no-shadow")
-    assert "repair: the router" in out.stderr
+    assert messages.REPAIR_ROUTER_DOWN.found_in(out.stderr)
     assert release.status()["phase"] == "Staged" and release.serving() == "sample/1"
     release("promote")
     assert release.serving() == "sample/2"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from controller import messages
 from controller.drivers import host
 from controller.settings import ControllerSettings
 from support import Release, port_open
@@ -148,7 +149,7 @@ def test_a_killed_nginx_master_leaves_no_orphan_and_up_restores_the_router(model
         assert "router is not running" in nginx.status()["reason"]
 
         restored = nginx("up", "sample", "1")
-        assert "repair: the router (nginx) is not running; starting it again" in restored.stderr
+        assert messages.REPAIR_ROUTER_DOWN.found_in(restored.stderr, kind="nginx")
         assert host.group(master, "nginx") == [], "the orphaned worker still runs"
         status = nginx.status()
         assert status["phase"] == "Healthy" and int(status["router"]["handle"].split(":")[0]) != master

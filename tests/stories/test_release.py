@@ -16,6 +16,7 @@ import pytest
 
 import testmodels
 from artifact.manifest import read_manifest
+from controller import messages
 from controller.drivers.backends.process import ProcessBackend
 from controller.settings import ControllerSettings
 from support import ENERGY, ROUTERS, TRUSTED_KEYS, Load, Release, artifact_with_model, cpus_of, port_open
@@ -147,12 +148,12 @@ def test_bad_candidates_are_refused_and_live_traffic_sees_nothing(release: Relea
 
 def test_refusals_say_what_is_allowed(release: Release) -> None:
     refused = release("promote", check=False)
-    assert refused.returncode == 1 and "nothing is live; run `release.py up NAME VERSION` first" in refused.stderr
+    assert refused.returncode == 1 and messages.NOTHING_LIVE.found_in(refused.stderr)
     release("up", "sample", "1")
     nothing = release("rollback", check=False)
-    assert nothing.returncode == 1 and "no previous slot" in nothing.stderr
+    assert nothing.returncode == 1 and messages.NO_PREVIOUS_SLOT.found_in(nothing.stderr)
     unstaged = release("promote", check=False)
-    assert unstaged.returncode == 1 and "release.py stage VERSION" in unstaged.stderr
+    assert unstaged.returncode == 1 and messages.NOTHING_STAGED.found_in(unstaged.stderr)
     missing = release("stage", "99", check=False)
     assert missing.returncode == 2 and "version 99 not found" in missing.stderr
     assert "already live" in release("promote", "1").stdout
@@ -165,7 +166,7 @@ def test_rollback_never_flips_to_a_dead_instance(release: Release) -> None:
     subprocess.run(["kill", "-9", blue["handle"].split(":")[0]], check=True)
     time.sleep(0.3)
     refused = release("rollback", check=False)
-    assert refused.returncode == 1 and "is not healthy" in refused.stderr and "refusing to flip" in refused.stderr
+    assert refused.returncode == 1 and messages.NOT_HEALTHY.found_in(refused.stderr)
     assert release.serving() == "sample/2"
     status = release.status()
     assert status["phase"] == "Healthy" and "rollback target blue (sample v1) is not ready" in status["reason"]

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller import messages
 from controller.drivers import host
 from support import ROOT, ROUTERS, Release, misbehaving
 
@@ -214,7 +215,7 @@ def test_a_failing_slow_or_killed_candidate_never_touches_live_answers(release: 
     dead = next(s for s in status["slots"] if s["role"] == "staged")
     assert not dead["alive"]
     refused = release("promote", check=False, **RULES)
-    assert refused.returncode == 1 and "not healthy" in refused.stderr
+    assert refused.returncode == 1 and messages.NOT_HEALTHY.found_in(refused.stderr)
     release("down")
     assert release.instances() == 0
     assert not (release.run_dir / "shadow" / "control.json").exists()
@@ -234,7 +235,7 @@ def test_a_router_killed_while_shadowing_loses_no_evidence(release: Release) -> 
 
     # The next command repairs it; copies go on from where they were, and the evidence decides the promote
     out = release("up", **RULES)
-    assert "repair: the router" in out.stderr
+    assert messages.REPAIR_ROUTER_DOWN.found_in(out.stderr)
     assert release.status()["phase"] == "Staged"
     assert {status for status, _ in send(release.url, TEXTS[60:])} == {200}
     found = wait_evidence(release, len(TEXTS))

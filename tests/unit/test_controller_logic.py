@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from artifact.manifest import read_manifest
+from controller import messages
 from controller.core.facts import Event, Facts, Instance, Op, Router
 from controller.core.phase import ALLOWED, COMMANDS, READ_ONLY, Observed, Phase, derive_phase, refusal
 from controller.drivers.store import SqliteStore
@@ -102,7 +103,7 @@ def test_every_phase_and_command_pair_is_decided(phase: Phase, command: str) -> 
     if command in ALLOWED[phase]:
         assert reason is None
     else:
-        assert reason is not None and reason.startswith(f"cannot {command}: ")
+        assert reason is not None and messages.NOT_ALLOWED_NOW.found_in(reason, command=command)
         assert "allowed now: " in reason
         for allowed in ALLOWED[phase]:
             assert allowed in reason.split("allowed now: ")[1]
@@ -113,7 +114,7 @@ def test_every_phase_and_command_pair_is_decided(phase: Phase, command: str) -> 
 def test_the_refusals_users_meet_most_say_what_to_do() -> None:
     assert "run `release.py up NAME VERSION` first" in (refusal(Phase.ABSENT, "stage") or "")
     promote = refusal(Phase.HEALTHY, "promote") or ""
-    assert "nothing is staged" in promote and "release.py stage VERSION" in promote
+    assert messages.NOTHING_STAGED.found_in(promote)
 
 
 def test_gate_compares_only_on_shared_evaluation_data(registry: Path) -> None:
@@ -225,3 +226,17 @@ def test_a_canary_and_a_watch_are_stored_as_what_they_are_and_older_watches_stil
     older = {"kind": "watch", "color": "blue", "started_at": 5.0, "steps": [], "step": 0, "step_seconds": 60.0}
     read = decode(json.dumps(json.loads(encode(base)) | {"rollout": older | {"watch_seconds": 120.0}})).rollout
     assert read == Watch("blue", 120.0, started_at=5.0) and read.weight == 100
+
+
+def test_every_message_is_found_by_name_in_what_it_printed_and_not_with_other_values() -> None:
+    templates = {name: m for name, m in vars(messages).items() if isinstance(m, messages.Message)}
+    assert len(templates) > 20
+    for name, message in templates.items():
+        values = {field: f"<{field}>" for field in message.names}
+        said = f"earlier line\n{message(**values)}\nlater line"
+        assert "\n" not in message.text, f"{name} is not one line"
+        assert message.found_in(said, **values), name
+        if values:
+            field = next(iter(values))
+            assert not message.found_in(said, **{field: "something else"}), name
+    assert messages.NO_PREVIOUS_SLOT.found_in("cannot rollback: there is no previous slot to flip back to")

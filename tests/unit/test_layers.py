@@ -6,7 +6,7 @@ Packages: ``artifact`` (the contract) imports no other package of the project; `
 program's health path); ``builtin_router`` imports nothing of the project. Inside ``controller``,
 each module belongs to one layer and imports only from its own layer or those below it:
 
-    base      controller.errors, controller.settings, controller.vocabulary   (everyone's)
+    base      controller.errors, .messages, .settings, .vocabulary   (everyone's)
     core      controller/core/       facts, phases, plans, the analysis: no I/O
     drivers   controller/drivers/    processes, containers, routers, the store, probes, files
     run       controller/run/        a command's orchestration: lock, repair, observe, plan, run
@@ -66,7 +66,13 @@ def imports(known: dict[str, Path]) -> dict[str, set[str]]:
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if module in ("controller", "controller.errors", "controller.settings", "controller.vocabulary"):
+    if module in (
+        "controller",
+        "controller.errors",
+        "controller.messages",
+        "controller.settings",
+        "controller.vocabulary",
+    ):
         return "base"
     if parts[1] in ("core", "drivers", "run"):
         return parts[1]
