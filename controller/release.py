@@ -10,6 +10,9 @@
   heal                restart what died (router, instances) and point the router where the state says
   evidence            what the staged candidate did with copies of live traffic (shadow)
   status              what runs, checked against reality (--json for scripts)
+  quality             each version's live accuracy from the labels sent back, with intervals
+  feedback import FILE.csv   true labels by request id (columns request_id,label), all or nothing
+  feedback token             the bearer token POST /feedback wants
   history             every stage / promote / rollback / failure
   down                stop everything this deployment started
   check NAME VERSION --url URL     the checks of a stage, on an instance something else runs
@@ -158,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     _typed(evidence, "shadow evidence rules", EVIDENCE_RULES)
     status = add("status", "the phase, the router and each slot, checked against what really runs")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    quality = add("quality", "each version's live accuracy from labelled predictions, and candidate against live")
+    quality.add_argument("--json", action="store_true", help="machine-readable output")
+    quality.add_argument("--hours", type=float, help="only predictions of the last H hours (default: all kept)")
+    feedback = add("feedback", "true labels of earlier predictions, by request id")
+    feedback_sub = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    feedback_import = feedback_sub.add_parser(
+        "import", help="store labels from a CSV with the columns request_id,label (all or nothing)", parents=[common]
+    )
+    feedback_import.add_argument("file", type=Path, help="the CSV file")
+    feedback_sub.add_parser("token", help="print the bearer token that POST /feedback wants", parents=[common])
     history = add("history", "every up / stage / promote / rollback / failure, oldest first")
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=int, help="only the last N entries")
@@ -316,6 +329,12 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     deployment = Deployment(settings, hooks=hooks)
     if command == "evidence":
         return report.evidence(deployment, settings, as_json=args.json)
+    if command in ("quality", "feedback"):
+        from controller.cli import feedback
+
+        if command == "quality":
+            return feedback.run(args, settings, deployment)
+        return feedback.feedback(args, settings, deployment)
     if command in ("status", "history"):
         data: Any = deployment.status() if command == "status" else deployment.history(args.limit)
         if args.json:

@@ -61,6 +61,13 @@ class ControllerSettings(BaseSettings):
     shadow_max_p99_ratio: float = Field(
         3.0, ge=1, description="promote: candidate p99 / live p99 allowed (tested on the answers past it)"
     )
+    prediction_log: bool = Field(True, description="instances record every answer in the run dir (predictions.sqlite)")
+    log_inputs: bool = Field(True, description="the prediction log keeps each input (off: only its digest)")
+    log_max_age_days: float = Field(7.0, gt=0, description="the prediction log drops answers older than this")
+    log_max_rows: int = Field(1_000_000, ge=1000, description="the prediction log keeps at most this many answers")
+    quality_alpha: float = Field(
+        0.05, gt=0, lt=1, description="live accuracy intervals hold at 1 - this, however often they are read"
+    )
     watch_seconds: float = Field(300.0, ge=0, description="the watch after every deploy; 0: none")
     step_seconds: float = Field(60.0, gt=0, description="how long each canary step lasts at least")
     supervise: bool = Field(True, description="the agent restarts a dead router or live instance")

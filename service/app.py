@@ -33,7 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import openapi
 from service.errors import HttpError, Invalid, NotReady, ServiceError, render
 from service.fastpath import PredictRoute
+from service.feedback import Feedback
 from service.observe import Metrics, Observe, PredictionCollector
+from service.predlog import PredictionLog, Where
 from service.runtime import ModelRuntime
 from service.settings import ServiceSettings
 from service.shadow import Mirror
@@ -76,6 +78,18 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
         if settings.shadow_dir and settings.uds
         else None
     )
+    predictions = (
+        PredictionLog(
+            settings.prediction_log,
+            Where(manifest.name, manifest.version, settings.slot),
+            inputs=settings.log_inputs,
+            max_age=settings.log_max_age_days * 86400,
+            max_rows=settings.log_max_rows,
+        )
+        if settings.prediction_log
+        else None
+    )
+    feedback = Feedback(settings, runtime)
 
     def load() -> None:
         if not runtime.load():
@@ -89,7 +103,11 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
         # close (idle ones at once, busy ones after their response), so new requests reach the new one.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, hooks.close_router_connections)
         following = asyncio.create_task(mirror.run()) if mirror is not None else None
+        if predictions is not None:
+            predictions.start()
         yield
+        if predictions is not None:
+            predictions.close()
         if following is not None:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,6 +161,13 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
             }
         )
 
+    @app.post("/feedback", responses=openapi.simple("the labels were stored"))
+    async def post_feedback(request: Request) -> Response:
+        """The true labels of earlier answers, by request id: one ``{"request_id", "label"}`` object or a
+        list of them, with ``Authorization: Bearer TOKEN``. All or nothing; a second label for an id
+        replaces the first."""
+        return _json(await feedback.take(request))
+
     @app.get("/metadata", responses=openapi.simple("what a client needs to know about the model"))
     async def metadata() -> Response:
         """The model's name, version, metrics, labels and input schema."""
@@ -170,7 +195,11 @@ def create_app(settings: ServiceSettings, runtime: ModelRuntime, hooks: ServerHo
 
     app.openapi = schema  # type: ignore[method-assign]
     served = PredictRoute(
-        V2Route(app, runtime, settings.max_body_bytes, SERVER_VERSION), runtime, settings.max_body_bytes, mirror
+        V2Route(app, runtime, settings.max_body_bytes, SERVER_VERSION),
+        runtime,
+        settings.max_body_bytes,
+        mirror,
+        predictions,
     )
     observed = Observe(
         served, metrics=metrics, model_version=f"{manifest.name}/{manifest.version}", log_requests=settings.access_log

@@ -49,6 +49,11 @@ class Invalid(ServiceError):
     code = "invalid_input"
 
 
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
 class MethodNotAllowed(ServiceError):
     status = 405
     code = "method_not_allowed"

@@ -23,6 +23,7 @@ from artifact.shadow import ELAPSED_HEADER
 from service.batching import MicroBatcher, Render
 from service.errors import BadRequest, Invalid, MethodNotAllowed, ModelFailure, NotReady, ServiceError, TooLarge, render
 from service.predictor import Row
+from service.predlog import PredictionLog
 from service.runtime import ModelRuntime
 from service.shadow import Mirror
 
@@ -31,11 +32,19 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class PredictRoute:
-    def __init__(self, app: Any, runtime: ModelRuntime, max_body_bytes: int, mirror: Mirror | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        runtime: ModelRuntime,
+        max_body_bytes: int,
+        mirror: Mirror | None = None,
+        predictions: PredictionLog | None = None,
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self.limit = max_body_bytes
         self.mirror = mirror
+        self.predictions = predictions
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/predict":
@@ -44,22 +53,36 @@ class PredictRoute:
         started = time.perf_counter()
         shadow = scope.get("switchyard.shadow", False)
         request = b""
+        rows: list[Row] = []
+        logged = self.predictions is not None and not scope.get("switchyard.check")
+        answers: list[tuple[str, float]] | None = [] if logged else None
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("only POST is allowed on /predict", headers={"Allow": "POST"})
             request = await read_body(scope, receive, self.limit)
-            status, body, headers = 200, await self._predict(scope, request, shadow), JSON_HEADERS
+            status, headers = 200, JSON_HEADERS
+            body = await self._predict(scope, request, shadow, rows, answers)
         except ServiceError as exc:
             status, headers, body = render(exc)
         elapsed_ms = (time.perf_counter() - started) * 1000
         if shadow:  # the live instance pairs its own time with this one, measured the same way
             headers = [*headers, (ELAPSED_HEADER, b"%.3f" % elapsed_ms)]
         await respond(send, status, headers, body)
+        predictions = self.predictions
+        if predictions is not None and answers:
+            predictions.record(scope.get("switchyard.request_id", b""), rows, answers, shadow)
         mirror = self.mirror
         if mirror is not None and mirror.active and status == 200:
             mirror.offer(request, scope.get("switchyard.request_id", b""), body, elapsed_ms)
 
-    async def _predict(self, scope: dict[str, Any], body: bytes, shadow: bool) -> bytes:
+    async def _predict(
+        self,
+        scope: dict[str, Any],
+        body: bytes,
+        shadow: bool,
+        rows: list[Row],
+        answers: list[tuple[str, float]] | None,
+    ) -> bytes:
         predictor, batcher = self.runtime.predictor, self.runtime.batcher
         if predictor is None or batcher is None:
             raise NotReady("the model is still loading", headers={"Retry-After": "1"})
@@ -68,9 +91,9 @@ class PredictRoute:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
-        rows = predictor.parse(payload)
+        rows.extend(predictor.parse(payload))
         scope["switchyard.batch_size"] = len(rows)
-        render = partial(predictor.render, top_k=top_k, shadow=shadow)
+        render = partial(predictor.render, top_k=top_k, shadow=shadow, answers=answers)
         return predictor.response(await run_model(batcher, rows, render))
 
 

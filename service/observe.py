@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from artifact.predlog import CHECK_HEADER
 from artifact.shadow import SHADOW_HEADER
 
 access_log = logging.getLogger("switchyard.access")
@@ -143,6 +144,8 @@ class Observe:
             elif key == SHADOW_HEADER:
                 traffic = "shadow"
                 scope["switchyard.shadow"] = True
+            elif key == CHECK_HEADER:
+                scope["switchyard.check"] = True
         if not request_id:
             request_id = self._request_id()
         scope["switchyard.request_id"] = request_id

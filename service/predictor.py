@@ -101,11 +101,20 @@ class Predictor:
             counts[column] += 1
         return best
 
-    def render(self, probabilities: list[list[float]], top_k: int | None, shadow: bool = False) -> list[bytes]:
-        """``/predict`` answers: each row serialised to JSON here, off the event loop."""
+    def render(
+        self,
+        probabilities: list[list[float]],
+        top_k: int | None,
+        shadow: bool = False,
+        answers: list[tuple[str, float]] | None = None,
+    ) -> list[bytes]:
+        """``/predict`` answers: each row serialised to JSON here, off the event loop; ``answers``, when
+        given, gets each row's label and its score (for the prediction log)."""
         classes = self.classes
         out: list[bytes] = []
         for best, row in zip(self._best(probabilities, shadow), probabilities, strict=True):
+            if answers is not None:
+                answers.append((classes[best], row[best]))
             if top_k is None or top_k >= len(classes):
                 scores = dict(zip(classes, row, strict=True))
             else:

@@ -45,6 +45,16 @@ class ServiceSettings(BaseSettings):
     shadow_dir: Path | None = Field(
         None, description="follow the controller's shadow requests in this folder (control.json) and write pairs there"
     )
+    prediction_log: Path | None = Field(
+        None, description="record every answer in this SQLite file (the controller passes its run dir's)"
+    )
+    slot: str = Field("local", description="the slot this instance serves, as the prediction log records it")
+    log_inputs: bool = Field(True, description="keep each input in the prediction log (off: only its digest)")
+    log_max_age_days: float = Field(7.0, gt=0, description="the prediction log drops answers older than this")
+    log_max_rows: int = Field(1_000_000, ge=1000, description="the prediction log keeps at most this many answers")
+    feedback_token_file: Path | None = Field(
+        None, description="accept POST /feedback with the bearer token in this file (off without one)"
+    )
     graceful_timeout: float = Field(10.0, ge=0.0, description="seconds to finish in-flight requests on SIGTERM")
     keep_alive_timeout: int = Field(75, ge=1, description="outlasts the routers' upstream keep-alive")
     access_log: bool = Field(True, description="one JSON line per request on stderr")

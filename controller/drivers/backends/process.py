@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from controller.core.facts import Instance
-from controller.drivers import host, shadow
+from controller.drivers import host, predictions, shadow
 from controller.drivers.backends.base import Found
 from controller.settings import ControllerSettings
 
@@ -47,6 +47,7 @@ class ProcessBackend:
             "--shadow-dir",
             str(shadow.ensure_folder(self.settings)),
             *self.settings.instance_trust_args(),
+            *predictions.instance_args(self.settings, color),
         ]
         handle = host.spawn(argv, log=self._log(color, version, nonce), env=env, cwd=host.PROJECT_ROOT)
         return Instance(
