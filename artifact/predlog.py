@@ -195,6 +195,19 @@ def paired(
     return [(bool(a), bool(b)) for a, b in rows]
 
 
+def labelled(conn: sqlite3.Connection, since: float = 0.0) -> list[tuple[str, str, str, float]]:
+    """``(input, true label, digest, time)`` of each live answer labelled since ``since`` whose input was
+    kept, once per distinct input: when the same input was labelled more than once, the latest label
+    wins (a correction overrides what came before)."""
+    rows = conn.execute(
+        "SELECT p.input, f.label, p.digest, p.at FROM predictions p JOIN feedback f USING (request_id) "
+        "WHERE p.shadow = 0 AND p.input IS NOT NULL AND p.at >= ? ORDER BY f.at, p.at",
+        (since,),
+    ).fetchall()
+    latest = {digest: (text, label, digest, at) for text, label, digest, at in rows}
+    return sorted(latest.values(), key=lambda row: row[3])
+
+
 def macro_f1(pairs: Sequence[tuple[str, str]]) -> float | None:
     """Macro-F1 over the labels that occur as truth or prediction in ``(predicted, truth)`` pairs."""
     if not pairs:

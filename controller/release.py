@@ -13,6 +13,7 @@
   quality             each version's live accuracy from the labels sent back, with intervals
   feedback import FILE.csv   true labels by request id (columns request_id,label), all or nothing
   feedback token             the bearer token POST /feedback wants
+  retrain --config CONFIG    a new version trained on the data plus the labelled live predictions
   history             every stage / promote / rollback / failure
   down                stop everything this deployment started
   check NAME VERSION --url URL     the checks of a stage, on an instance something else runs
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feedback_import.add_argument("file", type=Path, help="the CSV file")
     feedback_sub.add_parser("token", help="print the bearer token that POST /feedback wants", parents=[common])
+    retrain = add("retrain", "train a new version on the config's data plus the labelled live predictions")
+    retrain.add_argument("--config", required=True, type=Path, help="the training config, e.g. pipeline/configs/x.toml")
+    retrain.add_argument("--hours", type=float, help="only feedback on predictions of the last H hours")
     history = add("history", "every up / stage / promote / rollback / failure, oldest first")
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=int, help="only the last N entries")
@@ -329,12 +333,11 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
     deployment = Deployment(settings, hooks=hooks)
     if command == "evidence":
         return report.evidence(deployment, settings, as_json=args.json)
-    if command in ("quality", "feedback"):
+    if command in ("quality", "feedback", "retrain"):
         from controller.cli import feedback
 
-        if command == "quality":
-            return feedback.run(args, settings, deployment)
-        return feedback.feedback(args, settings, deployment)
+        face = {"quality": feedback.run, "feedback": feedback.feedback, "retrain": feedback.retrain}[command]
+        return face(args, settings, deployment)
     if command in ("status", "history"):
         data: Any = deployment.status() if command == "status" else deployment.history(args.limit)
         if args.json:

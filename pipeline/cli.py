@@ -88,7 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.train import train
 
     config = load_config(Path(args.config), data_override=Path(args.data) if args.data else None)
-    path, manifest = train(config, _models_dir(args.models_dir), _signer(args, create=True))
+    log = Path(args.feedback) if args.feedback else None
+    path, manifest = train(
+        config,
+        _models_dir(args.models_dir),
+        _signer(args, create=True),
+        feedback_log=log,
+        feedback_hours=args.feedback_hours,
+    )
     holdout = manifest.metrics["holdout"]
     cv = manifest.metrics.get("cv")
     cv_text = f", cv {cv['accuracy']}/{cv['macro_f1']}" if cv else ""
@@ -163,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="a training config, e.g. pipeline/configs/industry.toml")
     train.add_argument("--models-dir", help="registry root (default: $SWITCHYARD_MODELS_DIR or models/)")
     train.add_argument("--data", help="use this CSV instead of the config's data.path")
+    train.add_argument(
+        "--feedback",
+        metavar="LOG",
+        help="also train on the labelled live predictions of this prediction log (a run dir's predictions.sqlite)",
+    )
+    train.add_argument("--feedback-hours", type=float, help="only feedback on predictions of the last H hours")
     keygen = sub.add_parser("keygen", help="create a signing key pair (refuses to replace one)")
     keygen.set_defaults(func=cmd_keygen)
     for command in (train, sign, keygen):

@@ -19,7 +19,7 @@ from artifact.manifest import FieldSpec, FileDigest, GoldenRow, InputSchema, Man
 from artifact.registry import publish
 from artifact.signing import key_id
 from artifact.trust import runtime_versions
-from pipeline import evaluate, kinds, splits
+from pipeline import evaluate, feedback, kinds, splits
 from pipeline.config import TrainConfig
 from pipeline.data import Dataset, load_dataset, load_sources
 from pipeline.errors import ConfigError
@@ -154,12 +154,25 @@ def _cross_validate(
     }, fold_models
 
 
-def train(config: TrainConfig, models_dir: Path, signer: Ed25519PrivateKey) -> tuple[Path, Manifest]:
-    """Train, evaluate, sign and register a new version. Raises before writing anything if input is bad."""
+def train(
+    config: TrainConfig,
+    models_dir: Path,
+    signer: Ed25519PrivateKey,
+    *,
+    feedback_log: Path | None = None,
+    feedback_hours: float | None = None,
+) -> tuple[Path, Manifest]:
+    """Train, evaluate, sign and register a new version. Raises before writing anything if input is bad.
+    With ``feedback_log``, the labelled live predictions in it train too (:mod:`pipeline.feedback`)."""
     started = time.perf_counter()
     progress(f"loading {' + '.join(str(p) for p in config.data.paths)}")
     grouping = config.split.group_column
     data = load_sources(config.data.paths, config.data, group_column=grouping)
+    used: dict[str, Any] | None = None
+    if feedback_log is not None:
+        extra, used = feedback.load(feedback_log, config.data, hours=feedback_hours)
+        progress(f"adding {used['rows']} labelled live predictions from {feedback_log}")
+        data = feedback.combined(data, extra)
     eval_sets = {s.name: load_dataset(s.path, config.data, group_column=grouping) for s in config.evaluate.sets}
     progress(
         f"{data.fingerprint.rows} rows, {len(data.fingerprint.label_counts)} classes"
@@ -252,6 +265,7 @@ def train(config: TrainConfig, models_dir: Path, signer: Ed25519PrivateKey) -> t
             golden=golden,
             search=search,
             config=config.model_dump(mode="json"),
+            feedback=used,
         )
 
     progress(f"held-out{unseen}, per class: how much of it is right, and what it is most often taken for")

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 from controller.core import quality
-from controller.drivers import predictions, registry
-from controller.errors import Refused
+from controller.drivers import host, predictions, registry
+from controller.errors import Refused, UsageError
 from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
 
@@ -28,6 +33,36 @@ def feedback(args: argparse.Namespace, settings: ControllerSettings, deployment:
     stored = predictions.store(settings, pairs, known)
     late = f", {stored.late} for predictions the log had already dropped" if stored.late else ""
     print(f"feedback: stored {stored.stored} label(s) from {args.file} ({stored.replaced} replaced earlier ones{late})")
+    return 0
+
+
+def retrain(args: argparse.Namespace, settings: ControllerSettings, deployment: Deployment) -> int:
+    """The training pipeline on the config's data plus this deployment's labelled live predictions, in a
+    process of its own (the controller never imports the pipeline): a new signed version, which then
+    goes through the same stage, shadow and judgement as any other."""
+    try:
+        with open(args.config, "rb") as fh:
+            name = tomllib.load(fh).get("name")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read the training config {args.config}: {exc}") from None
+    facts = deployment.store.load()
+    if facts.name is not None and name != facts.name:
+        raise UsageError(f"{args.config} trains {name!r}, but this deployment serves {facts.name!r}")
+    if not predictions.path(settings).is_file():
+        raise Refused(f"nothing to learn from yet: no prediction log in {settings.run_dir}")
+    argv = [sys.executable, "-m", "pipeline", "train", "--config", str(args.config)]
+    argv += ["--models-dir", str(settings.models_dir), "--feedback", str(predictions.path(settings))]
+    if args.hours:
+        argv += ["--feedback-hours", f"{args.hours:g}"]
+    keys = {k: v for k, v in os.environ.items() if k in ("SWITCHYARD_SIGNING_KEY", "SWITCHYARD_TRUSTED_KEYS")}
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=host.child_env(**keys))
+    if done.returncode != 0:
+        return done.returncode
+    version = Path(done.stdout.strip().splitlines()[-1]).name
+    print(
+        f"retrain: {name} v{version} is trained on the labelled live predictions too (its manifest names them); "
+        f"`release stage {version}` releases it beside live, with shadow traffic and the paired comparison"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,13 +20,15 @@ import pytest
 from support import ROOT, ROUTERS, Release
 
 with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
-    ROWS = [(row["description"], row["sector"]) for row in csv.DictReader(_fh)][:120]
+    ALL_ROWS = [(row["description"], row["sector"]) for row in csv.DictReader(_fh)]
+ROWS = ALL_ROWS[:120]
 FAST_SHADOW = {"SWITCHYARD_SHADOW_RATE": "10000"}
 
 
 @pytest.fixture(params=ROUTERS)
 def release(request: pytest.FixtureRequest, registry: Path, tmp_path: Path) -> Iterator[Release]:
-    made = Release(registry, tmp_path / "run", request.param)
+    shutil.copytree(registry, tmp_path / "models")  # a retrain adds a version: not to the shared registry
+    made = Release(tmp_path / "models", tmp_path / "run", request.param)
     yield made
     made("down", check=False)
 
@@ -125,7 +128,7 @@ def test_answers_are_logged_labels_come_back_and_live_accuracy_is_what_they_say(
 
 
 @pytest.mark.parametrize("release", ["builtin"], indirect=True)
-def test_a_staged_candidate_is_compared_with_live_on_the_same_labelled_requests(release: Release) -> None:
+def test_a_staged_candidate_is_compared_with_live_and_a_retrain_learns_from_the_labels(release: Release) -> None:
     release("up", "sample", "1")
     release("stage", "2", **FAST_SHADOW)
     texts, truth = [t for t, _ in ROWS[:60]], [s for _, s in ROWS[:60]]
@@ -150,3 +153,22 @@ def test_a_staged_candidate_is_compared_with_live_on_the_same_labelled_requests(
     assert paired["difference"] == pytest.approx((challenger_only - champion_only) / 60)
     out = release("quality").stdout
     assert "paired: v2 against live v1" in out and "v2 (green, shadow)" in out
+
+    # Retrain on the data plus these labels: a new signed version that names its feedback, staged as any
+    retrained = release("retrain", "--config", str(ROOT / "pipeline" / "configs" / "sample.toml"))
+    assert "sample v3 is trained on the labelled live predictions" in retrained.stdout
+    manifest = json.loads((release.models / "sample" / "3" / "manifest.json").read_text())
+    assert manifest["feedback"]["rows"] == 60 and manifest["dataset"]["rows"] == manifest["feedback"]["rows"] + len(
+        ALL_ROWS
+    )
+    staged = release("stage", "3", **FAST_SHADOW)
+    assert "v3 is staged in green" in staged.stdout
+    ids = [f"again-{i}" for i in range(60)]
+    with httpx.Client(timeout=30.0) as client:
+        predict(client, release.url, texts, ids)
+    assert wait_logged(release, 60, "SELECT count(*) FROM predictions WHERE shadow = 1 AND version = 3") == 60
+    labels = [{"request_id": rid, "label": label} for rid, label in zip(ids, truth, strict=True)]
+    with httpx.Client(timeout=30.0) as client:
+        response = client.post(release.url + "/feedback", json=labels, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+    assert quality(release)["paired"]["candidate"] == 3
