@@ -130,3 +130,17 @@ def test_the_paired_interval_holds_its_truth_at_every_look() -> None:
 
 def _quality(correct: int, labelled: int) -> predlog.Quality:
     return predlog.Quality("m", 1, "blue", False, labelled, labelled, correct, None, 0.8)
+
+
+def test_retraining_rows_are_each_input_once_with_its_latest_label(log) -> None:  # type: ignore[no-untyped-def]
+    same = prediction("a", 1.0, "Energy")
+    again = (*("b",), *same[1:])  # the same input asked again under another id
+    shadow = prediction("c", 1.0, "Energy", version=2, slot="green", shadow=True)
+    predlog.write(log, [same, again, shadow, prediction("d", 2.0, "Energy")])
+    predlog.add_feedback(log, [("a", "Energy"), ("d", "Utilities"), ("c", "Energy")], None, now=10.0)
+    predlog.add_feedback(log, [("b", "Utilities")], None, now=20.0)  # a later correction of the same input
+    rows = predlog.labelled(log)
+    assert sorted((text, label) for text, label, _, _ in rows) == [
+        ("text of a", "Utilities"),
+        ("text of d", "Utilities"),
+    ]
