@@ -340,6 +340,10 @@ def run(args: argparse.Namespace, hooks: Hooks | None = None) -> int:
         return face(args, settings, deployment)
     if command in ("status", "history"):
         data: Any = deployment.status() if command == "status" else deployment.history(args.limit)
+        if command == "status":
+            from controller.cli import feedback
+
+            data["quality"] = feedback.readings(settings, deployment, None)
         if args.json:
             print(json.dumps(data, indent=2))
         else:

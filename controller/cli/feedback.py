@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from controller.cli import report
 from controller.core import quality
 from controller.drivers import host, predictions, registry
 from controller.errors import Refused, UsageError
@@ -95,11 +96,7 @@ def readings(settings: ControllerSettings, deployment: Deployment, hours: float 
 def print_quality(data: dict[str, Any]) -> None:
     if not data["versions"]:
         print("quality: no answers logged yet")
-    for version in data["versions"]:
-        print(f"quality: {version['words']}")
-    if data["paired"]:
-        paired = data["paired"]
-        print(f"paired: v{paired['candidate']} against live v{paired['live']}: {paired['words']}")
+    report.print_quality(data)
 
 
 def run(args: argparse.Namespace, settings: ControllerSettings, deployment: Deployment) -> int:

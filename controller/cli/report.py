@@ -18,6 +18,15 @@ def _short(handle: str) -> str:
     return handle.split(":")[0][:12]
 
 
+def print_quality(quality: dict[str, Any]) -> None:
+    """Each version's live accuracy (``release quality``, and the end of ``status``)."""
+    for version in quality["versions"]:
+        print(f"quality: {version['words']}")
+    if quality["paired"]:
+        paired = quality["paired"]
+        print(f"paired: v{paired['candidate']} against live v{paired['live']}: {paired['words']}")
+
+
 def print_status(status: dict[str, Any]) -> None:
     if status.get("state_problem"):
         print(f"state:  {status['state_problem']}")
@@ -56,6 +65,8 @@ def print_status(status: dict[str, Any]) -> None:
         print(f"agent:  {what}" if agent["running"] else "agent:  NOT RUNNING (the next command starts it again)")
     if status.get("shadow"):
         print(f"shadow: {status['shadow']} (`release evidence` for the comparison)")
+    if status.get("quality"):
+        print_quality(status["quality"])
     print(f"run dir: {status['run_dir']}")
 
 

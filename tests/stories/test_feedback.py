@@ -125,6 +125,8 @@ def test_answers_are_logged_labels_come_back_and_live_accuracy_is_what_they_say(
     assert (live["version"], live["slot"], live["labelled"], live["correct"]) == (1, "blue", 80, expected)
     lo, hi = live["interval"]
     assert lo <= expected / 80 <= hi
+    assert release.status()["quality"]["versions"][0]["correct"] == expected
+    assert f"quality: v1 (blue): accuracy {expected / 80:.3f}" in release("status").stdout
 
 
 @pytest.mark.parametrize("release", ["builtin"], indirect=True)
