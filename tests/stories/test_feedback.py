@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.drivers import host
 from support import ROOT, ROUTERS, Release
 
 with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
@@ -174,3 +178,51 @@ def test_a_staged_candidate_is_compared_with_live_and_a_retrain_learns_from_the_
         response = client.post(release.url + "/feedback", json=labels, headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
     assert quality(release)["paired"]["candidate"] == 3
+
+
+@pytest.mark.parametrize("release", ["builtin"], indirect=True)
+def test_a_live_instance_killed_under_load_loses_at_most_its_last_second_of_log(release: Release) -> None:
+    release("up", "sample", "1")
+    live = next(s for s in release.status()["slots"] if s["role"] == "live")
+    answered: list[tuple[str, float]] = []
+    stop = threading.Event()
+
+    def send(worker: int) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            for i in range(100_000):
+                if stop.is_set():
+                    return
+                rid = f"w{worker}-{i}"
+                try:
+                    response = client.post(
+                        release.url + "/predict",
+                        json={"description": ROWS[i % len(ROWS)][0]},
+                        headers={"X-Request-ID": rid},
+                    )
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    answered.append((rid, time.time()))
+
+    senders = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+    for sender in senders:
+        sender.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (answered and time.time() - answered[0][1] > 3):
+        time.sleep(0.05)  # three seconds of load first, then the kill
+    killed = time.time()
+    os.kill(host.pid_of(live["handle"]), signal.SIGKILL)
+    time.sleep(0.5)
+    stop.set()
+    for sender in senders:
+        sender.join(timeout=30)
+    with sqlite3.connect(release.run_dir / "predictions.sqlite") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        kept = {rid for (rid,) in conn.execute("SELECT request_id FROM predictions")}
+    older = [rid for rid, at in answered if at < killed - 1.0]
+    assert older and not [rid for rid in older if rid not in kept], "an answer older than a second was lost"
+    # the next command restarts the instance, and the log goes on in the same file
+    release("heal")
+    with httpx.Client(timeout=10.0) as client:
+        predict(client, release.url, [ROWS[0][0]], ["after-the-kill"])
+    assert wait_logged(release, 1, "SELECT count(*) FROM predictions WHERE request_id = 'after-the-kill'") == 1
