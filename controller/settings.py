@@ -65,6 +65,11 @@ class ControllerSettings(BaseSettings):
     log_inputs: bool = Field(True, description="the prediction log keeps each input (off: only its digest)")
     log_max_age_days: float = Field(7.0, gt=0, description="the prediction log drops answers older than this")
     log_max_rows: int = Field(1_000_000, ge=1000, description="the prediction log keeps at most this many answers")
+    quality_gate: Literal["off", "not-worse", "better"] = Field(
+        "off",
+        description="promote: on labelled live requests, the candidate must be not worse (by the margin) or better",
+    )
+    quality_margin: float = Field(0.0, ge=0, le=1, description="promote: the accuracy a 'not-worse' candidate may lose")
     quality_alpha: float = Field(
         0.05, gt=0, lt=1, description="live accuracy intervals hold at 1 - this, however often they are read"
     )

@@ -63,6 +63,18 @@ class Paired:
         )
 
 
+def gate(found: Paired, rule: str, margin: float, confidence: float) -> str | None:
+    """Why a promote is refused on the labelled live requests (None: it passes). ``not-worse``: the
+    candidate's accuracy is surely above live's minus ``margin``; ``better``: surely above live's."""
+    if rule == "off":
+        return None
+    floor = -margin if rule == "not-worse" else 0.0
+    if found.interval[0] > floor:
+        return None
+    want = f"better than live by more than {floor:+.3f}" if rule == "not-worse" else "better than live"
+    return f"live labels do not show the candidate {want} at {confidence:.0%}: {found.words(confidence)}"
+
+
 def paired(outcomes: list[tuple[bool, bool]], alpha: float) -> Paired:
     """``(challenger right, champion right)`` per labelled request -> the difference and its interval."""
     n = len(outcomes)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from artifact.manifest import ArtifactError, Manifest
 from artifact.trust import verify
-from controller.core import evidence
+from controller.core import evidence, quality
 from controller.core.facts import Canary, Event, Facts
 from controller.core.steps import JOURNALED, Made, Plan, Step, leaves
-from controller.drivers import registry, shadow
+from controller.drivers import predictions, registry, shadow
 from controller.drivers.seams import Seams
 from controller.errors import CheckFailed, NeedsOperator
 from controller.run import checks, repair
@@ -213,6 +213,23 @@ class Runner:
         verdict = f"FORCED past: {broken}" if broken is not None else evidence.summary(found)
         self.evidence = f"evidence: {verdict}"
         say(f"{step.action}: {self.evidence}")
+        self._live_labels(facts, step)
+
+    def _live_labels(self, facts: Facts, step: Step) -> None:
+        """The CD4ML rule on the users' own requests (``SWITCHYARD_QUALITY_GATE``): the candidate's
+        shadow answers against live's, on the same labelled requests (--force overrides)."""
+        settings = self.settings
+        live, candidate = facts.slot(facts.active), facts.slots[step.color or ""]
+        if settings.quality_gate == "off" or live is None:
+            return
+        outcomes = predictions.paired(settings, (candidate.version, candidate.color), (live.version, live.color))
+        found = quality.paired(outcomes, settings.quality_alpha)
+        confidence = 1 - settings.quality_alpha
+        refused = quality.gate(found, settings.quality_gate, settings.quality_margin, confidence)
+        if refused is not None and not step.forced:
+            raise CheckFailed(StepName.EVIDENCE, f"{refused} (--force overrides)")
+        said = f"FORCED past: {refused}" if refused else found.words(confidence)
+        self.seams.say(f"{step.action}: live labels: {said}")
 
     def _speed(self, facts: Facts, step: Step, made: Made) -> None:
         """Much slower than live on the same rows is refused (--max-slowdown): users would feel it.

@@ -144,6 +144,11 @@ def test_a_staged_candidate_is_compared_with_live_and_a_retrain_learns_from_the_
     # every copy is answered by the candidate under the same id (rate cap far above this traffic)
     assert wait_logged(release, 60, "SELECT count(*) FROM predictions WHERE shadow = 1") == 60
     shadow = dict(logged(release, "SELECT request_id, label FROM predictions WHERE shadow = 1"))
+    # The CD4ML rule on live labels, before any label is back: nothing shows the candidate better
+    gated = {"SWITCHYARD_QUALITY_GATE": "better", "SWITCHYARD_SHADOW_MAX_P99_RATIO": "1000"}  # labels decide here
+    refused = release("promote", check=False, **gated)
+    assert refused.returncode == 1 and "no labelled request was answered by both yet" in refused.stderr
+    assert release.serving() == "sample/1"
     token = release("feedback", "token").stdout.strip()
     labels = [{"request_id": rid, "label": label} for rid, label in zip(ids, truth, strict=True)]
     with httpx.Client(timeout=30.0) as client:
@@ -159,6 +164,16 @@ def test_a_staged_candidate_is_compared_with_live_and_a_retrain_learns_from_the_
     assert paired["difference"] == pytest.approx((challenger_only - champion_only) / 60)
     out = release("quality").stdout
     assert "paired: v2 against live v1" in out and "v2 (green, shadow)" in out
+
+    # With the labels back, the same rule decides as the interval `quality` printed says
+    refused = release("promote", check=False, **gated)
+    shown_better = paired["interval"][0] > 0
+    if shown_better:
+        assert refused.returncode == 0 and "live labels:" in refused.stdout + refused.stderr
+        release("rollback")
+    else:
+        assert refused.returncode == 1 and "live labels do not show the candidate" in refused.stderr
+    assert release.serving() == "sample/1"
 
     # Retrain on the data plus these labels: a new signed version that names its feedback, staged as any
     retrained = release("retrain", "--config", str(ROOT / "pipeline" / "configs" / "sample.toml"))

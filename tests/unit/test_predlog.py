@@ -144,3 +144,17 @@ def test_retraining_rows_are_each_input_once_with_its_latest_label(log) -> None:
         ("text of a", "Utilities"),
         ("text of d", "Utilities"),
     ]
+
+
+def test_the_live_label_gate_passes_only_what_the_interval_shows() -> None:
+    nothing = quality.paired([], 0.05)
+    assert "no labelled request" in (quality.gate(nothing, "better", 0.0, 0.95) or "")
+    assert quality.gate(nothing, "off", 0.0, 0.95) is None
+    # the candidate alone right on 120 of 1000, live alone on 20: clearly better
+    clear = quality.paired([(True, False)] * 120 + [(False, True)] * 20 + [(True, True)] * 860, 0.05)
+    assert quality.gate(clear, "better", 0.0, 0.95) is None
+    # a small loss (30 against 40 of 1000): not shown better, but surely within a 10-point margin
+    close = quality.paired([(True, False)] * 30 + [(False, True)] * 40 + [(True, True)] * 930, 0.05)
+    assert quality.gate(close, "better", 0.0, 0.95) is not None
+    assert quality.gate(close, "not-worse", 0.1, 0.95) is None
+    assert quality.gate(close, "not-worse", 0.0, 0.95) is not None
