@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -273,18 +273,39 @@ class Release:
         return len(ProcessBackend(ControllerSettings(run_dir=self.run_dir)).running())
 
 
-class Load:
+class Clients:
+    """``threads`` load threads (:meth:`_run`, each given its index) until stopped or out of time; a
+    context manager that starts them and, on leaving, stops and joins them."""
+
+    def __init__(self, url: str, threads: int, max_seconds: float) -> None:
+        self.url = url + "/predict"
+        self.stopping = threading.Event()
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self.lock = threading.Lock()
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+class Load(Clients):
     """``threads`` clients, each on one keep-alive connection with retries off, until stopped."""
 
     def __init__(self, url: str, threads: int = 16, max_seconds: float = 240.0) -> None:
-        self.url = url + "/predict"
+        super().__init__(url, threads, max_seconds)
         self.results: list[tuple[float, int, str | None, str | None]] = []  # start, status, version, error
-        self.stopping = threading.Event()
-        self.deadline = time.monotonic() + max_seconds
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        self.lock = threading.Lock()
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         transport = httpx.HTTPTransport(retries=0)
         with httpx.Client(transport=transport, timeout=15.0) as client:
             while not self.stopping.is_set() and time.monotonic() < self.deadline:
@@ -296,16 +317,6 @@ class Load:
                     row = (started, 0, None, repr(exc))
                 with self.lock:
                     self.results.append(row)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
     def failures(self) -> list[tuple[float, int, str | None, str | None]]:
         return [r for r in self.results if r[1] != 200 or r[2] not in ("sample/1", "sample/2")]

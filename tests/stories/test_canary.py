@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -30,7 +29,7 @@ import pytest
 
 from controller import messages
 from controller.drivers import host
-from support import ROOT, ROUTERS, Release, clean_env, misbehaving
+from support import ROOT, ROUTERS, Clients, Release, clean_env, misbehaving
 
 ONE_ROUTER = "nginx" if shutil.which("nginx") else "builtin"
 AGENT = {"SWITCHYARD_SUPERVISE": "true", "SWITCHYARD_WATCH_SECONDS": "0"}
@@ -68,18 +67,14 @@ def deployment(rollout_models: Path, tmp_path: Path) -> Iterator[Any]:
         each("down", check=False)
 
 
-class Traffic:
+class Traffic(Clients):
     """``threads`` keep-alive clients with retries off, each sending real descriptions in turn, until
     stopped: (wall time, status, version) a request."""
 
     def __init__(self, url: str, threads: int = 16, max_seconds: float = 180.0) -> None:
-        self.url = url + "/predict"
+        super().__init__(url, threads, max_seconds)
         self.rows: list[tuple[float, int, str | None]] = []
         self.errors: list[str] = []  # what each failed request got, for the assertion message
-        self.stopping = threading.Event()
-        self.deadline = time.monotonic() + max_seconds
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        self.lock = threading.Lock()
 
     def _run(self, index: int) -> None:
         texts = [t for t in TEXTS if t not in GOLDEN]
@@ -100,16 +95,6 @@ class Traffic:
                     self.rows.append(row)
                     if error:
                         self.errors.append(error)
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
     def failed(self, since: float = 0.0, until: float = float("inf")) -> int:
         return sum(1 for t, status, _ in self.rows if since <= t < until and status != 200)

@@ -24,8 +24,9 @@ import pytest
 
 from support import ENERGY, ROOT, Load, Release, clean_env, router_port, sign, write_manifest
 
-# The first test builds the images (debootstrap on a new machine): more than the default 300 s.
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+# The first test builds the images (debootstrap on a new machine): more than the default 300 s. In a
+# parallel run they all go to one worker (xdist_group), so the images are built once, by one process.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800), pytest.mark.xdist_group("docker")]
 
 
 def _engine() -> Any:
