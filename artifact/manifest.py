@@ -87,6 +87,8 @@ class Manifest(BaseModel):
     golden: list[GoldenRow]
     search: dict[str, Any] | None = None
     reports: dict[str, str] = Field(default_factory=dict)  # report file name -> sha256, signed with the rest
+    # what the training inputs looked like, for drift: {"length": [p01, p99]} of a text field's characters
+    input_profile: dict[str, Any] | None = None
 
 
 def read_manifest(version_dir: Path) -> Manifest:

@@ -36,7 +36,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT NOT NULL, at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
     slot TEXT NOT NULL, shadow INTEGER NOT NULL, input TEXT, digest TEXT NOT NULL,
-    label TEXT NOT NULL, score REAL NOT NULL
+    label TEXT NOT NULL, score REAL NOT NULL, length INTEGER
 );
 CREATE INDEX IF NOT EXISTS predictions_by_id ON predictions (request_id);
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (at);
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, label TEXT NOT
 CREATE TABLE IF NOT EXISTS forgotten (request_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
-Prediction = tuple[str, float, str, int, str, int, str | None, str, str, float]
+Prediction = tuple[str, float, str, int, str, int, str | None, str, str, float, int | None]
 
 
 class FeedbackRefused(ValueError):
@@ -68,7 +68,7 @@ def connect(path: Path) -> sqlite3.Connection:
 def write(conn: sqlite3.Connection, rows: Sequence[Prediction]) -> None:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
 def prune(conn: sqlite3.Connection, *, max_age: float, max_rows: int, now: float | None = None) -> int:
@@ -193,6 +193,34 @@ def paired(
         (live[0], live[1], candidate[0], candidate[1], since),
     ).fetchall()
     return [(bool(a), bool(b)) for a, b in rows]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One version's live answers in a window: how their inputs and labels compare with training."""
+
+    answered: int
+    measured: int  # with a length (text inputs)
+    outside: int  # of which outside the training lengths
+    labels: dict[str, int]
+
+
+def inputs(conn: sqlite3.Connection, version: int, length: tuple[int, int] | None, since: float = 0.0) -> Inputs:
+    """Live (not shadow) answers of ``version`` since ``since``: label counts, and how many inputs fall
+    outside ``length`` (the training inputs' 1st to 99th percentile)."""
+    labels = dict(
+        conn.execute(
+            "SELECT label, count(*) FROM predictions WHERE version = ? AND shadow = 0 AND at >= ? GROUP BY label",
+            (version, since),
+        ).fetchall()
+    )
+    low, high = length if length else (0, 1 << 62)
+    measured, outside = conn.execute(
+        "SELECT count(length), coalesce(sum(length < ? OR length > ?), 0) FROM predictions "
+        "WHERE version = ? AND shadow = 0 AND at >= ? AND length IS NOT NULL",
+        (low, high, version, since),
+    ).fetchone()
+    return Inputs(sum(labels.values()), int(measured), int(outside), labels)
 
 
 def labelled(conn: sqlite3.Connection, since: float = 0.0) -> list[tuple[str, str, str, float]]:

@@ -70,6 +70,13 @@ class ControllerSettings(BaseSettings):
         description="promote: on labelled live requests, the candidate must be not worse (by the margin) or better",
     )
     quality_margin: float = Field(0.0, ge=0, le=1, description="promote: the accuracy a 'not-worse' candidate may lose")
+    drift_max_outside: float = Field(
+        0.10, gt=0, lt=1, description="drift: the share of inputs outside the training lengths that alerts"
+    )
+    drift_max_label_shift: float = Field(
+        0.25, gt=0, le=1, description="drift: the distance of the predicted label mix from training's that alerts"
+    )
+    drift_min_answers: int = Field(200, ge=1, description="drift: answers needed before the label mix is judged")
     quality_alpha: float = Field(
         0.05, gt=0, lt=1, description="live accuracy intervals hold at 1 - this, however often they are read"
     )

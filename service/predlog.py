@@ -108,5 +108,8 @@ class PredictionLog:
                 digest = hashlib.sha256(text.encode()).hexdigest()
                 key = rid if len(inputs) == 1 else f"{rid}/{index}"
                 kept = text if self.inputs else None
-                rows.append((key, at, where.model, where.version, where.slot, int(shadow), kept, digest, label, score))
+                size = len(row) if isinstance(row, str) else None
+                rows.append(
+                    (key, at, where.model, where.version, where.slot, int(shadow), kept, digest, label, score, size)
+                )
         predlog.write(conn, rows)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli import report
-from controller.core import quality
+from controller.core import drift, quality
+from controller.core.facts import Facts
 from controller.drivers import host, predictions, registry
 from controller.errors import Refused, UsageError
 from controller.run.deployment import Deployment
@@ -90,7 +91,29 @@ def readings(settings: ControllerSettings, deployment: Deployment, hours: float 
             "interval": pair.interval,
             "words": pair.words(1 - alpha),
         }
-    return {"confidence": 1 - alpha, "versions": versions, "paired": compared}
+    return {"confidence": 1 - alpha, "versions": versions, "paired": compared, "drift": _drift(settings, facts, since)}
+
+
+def _drift(settings: ControllerSettings, facts: Facts, since: float) -> dict[str, Any] | None:
+    """The live version's inputs and predictions against its training data (None before any answer)."""
+    live = facts.slot(facts.active)
+    if live is None or facts.name is None:
+        return None
+    manifest = registry.manifest(settings.models_dir, facts.name, live.version, settings.trust())
+    profile = (manifest.input_profile or {}).get("length")
+    found = predictions.inputs(settings, live.version, tuple(profile) if profile else None, since)
+    if found is None or not found.answered:
+        return None
+    reading = drift.read(
+        live.version,
+        found,
+        manifest.dataset.label_counts,
+        alpha=settings.quality_alpha,
+        max_outside=settings.drift_max_outside,
+        max_label_shift=settings.drift_max_label_shift,
+        min_answers=settings.drift_min_answers,
+    )
+    return {**reading.__dict__, "words": reading.words()}
 
 
 def print_quality(data: dict[str, Any]) -> None:

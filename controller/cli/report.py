@@ -25,6 +25,8 @@ def print_quality(quality: dict[str, Any]) -> None:
     if quality["paired"]:
         paired = quality["paired"]
         print(f"paired: v{paired['candidate']} against live v{paired['live']}: {paired['words']}")
+    if quality.get("drift"):
+        print(f"drift:  {quality['drift']['words']}")
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -114,6 +114,15 @@ def quality(settings: ControllerSettings, since: float = 0.0) -> list[predlog.Qu
         return predlog.quality(conn, since)
 
 
+def inputs(
+    settings: ControllerSettings, version: int, length: tuple[int, int] | None, since: float = 0.0
+) -> predlog.Inputs | None:
+    if not path(settings).exists():
+        return None
+    with opened(settings) as conn:
+        return predlog.inputs(conn, version, length, since)
+
+
 def paired(
     settings: ControllerSettings, candidate: tuple[int, str], live: tuple[int, str], since: float = 0.0
 ) -> list[tuple[bool, bool]]:

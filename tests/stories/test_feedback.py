@@ -124,7 +124,9 @@ def test_answers_are_logged_labels_come_back_and_live_accuracy_is_what_they_say(
     refused = release("feedback", "import", str(bad), check=False)
     assert refused.returncode == 2 and "line 3" in refused.stderr and "nothing was imported" in refused.stderr
 
-    [live] = quality(release)["versions"]
+    found = quality(release)
+    [live] = found["versions"]
+    assert found["drift"]["version"] == 1 and found["drift"]["answered"] == 84  # live answers, checks left out
     expected = sum(answers[rid] == label for rid, label in zip(ids, truth, strict=True))
     assert (live["version"], live["slot"], live["labelled"], live["correct"]) == (1, "blue", 80, expected)
     lo, hi = live["interval"]

@@ -12,11 +12,23 @@ import numpy as np
 import pytest
 
 from artifact import predlog
-from controller.core import quality
+from controller.core import drift, quality
 
 
 def prediction(rid: str, at: float, label: str, *, version: int = 1, slot: str = "blue", shadow: bool = False):  # type: ignore[no-untyped-def]
-    return (rid, at, "sample", version, slot, int(shadow), f"text of {rid}", f"digest-{rid}", label, 0.8)
+    return (
+        rid,
+        at,
+        "sample",
+        version,
+        slot,
+        int(shadow),
+        f"text of {rid}",
+        f"digest-{rid}",
+        label,
+        0.8,
+        len(f"text of {rid}"),
+    )
 
 
 @pytest.fixture
@@ -158,3 +170,27 @@ def test_the_live_label_gate_passes_only_what_the_interval_shows() -> None:
     assert quality.gate(close, "better", 0.0, 0.95) is not None
     assert quality.gate(close, "not-worse", 0.1, 0.95) is None
     assert quality.gate(close, "not-worse", 0.0, 0.95) is not None
+
+
+def test_drift_alerts_on_inputs_unlike_training_and_rarely_on_inputs_like_it(log) -> None:  # type: ignore[no-untyped-def]
+    training = {"Energy": 50, "Utilities": 50}
+    rules = {"alpha": 0.05, "max_outside": 0.10, "max_label_shift": 0.25, "min_answers": 200}
+    # inputs like the training ones: 2% outside the 1st-99th percentile; read after every 20 answers
+    rng = np.random.default_rng(3)
+    alarms = 0
+    for _ in range(200):
+        outside = np.cumsum(rng.random(2000) < 0.02)
+        for n in range(20, 2001, 20):
+            found = predlog.Inputs(n, n, int(outside[n - 1]), {"Energy": n // 2, "Utilities": n - n // 2})
+            if drift.read(1, found, training, **rules).alerts:
+                alarms += 1
+                break
+    assert alarms / 200 <= 0.05
+    # a third of the inputs far longer than any in training, and every answer one class, in the log
+    rows = [prediction(f"r{i}", float(i), "Energy") for i in range(300)]
+    rows = [(*row[:10], 5000 if i % 3 == 0 else row[10]) for i, row in enumerate(rows)]
+    predlog.write(log, rows)
+    found = predlog.inputs(log, 1, (5, 100))
+    assert (found.answered, found.measured, found.outside) == (300, 300, 100)
+    reading = drift.read(1, found, training, **rules)
+    assert len(reading.alerts) == 2 and reading.words().startswith("v1: DRIFT: 33.3% of inputs outside")
