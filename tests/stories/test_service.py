@@ -172,6 +172,25 @@ def test_request_id_is_echoed_and_generated(text_service: ServiceProcess) -> Non
     assert mine[0]["model_version"] == "sample/2" and mine[0]["batch_size"] == 1 and mine[0]["latency_ms"] > 0
 
 
+def test_feedback_is_off_without_a_log_and_a_token_and_a_planted_link_is_not_read(
+    text_service: ServiceProcess, registry: Path, tmp_path: Path
+) -> None:
+    off = httpx.post(text_service.url + "/feedback", json={"request_id": "a", "label": "Energy"}, timeout=10)
+    assert off.status_code == 404 and "feedback is not enabled" in off.json()["error"]["message"]
+    (tmp_path / "secret").write_text("the operator's other secret")
+    (tmp_path / "token").symlink_to(tmp_path / "secret")
+    log, token = ["--prediction-log", str(tmp_path / "p.sqlite")], ["--feedback-token-file", str(tmp_path / "token")]
+    with ServiceProcess(registry / "sample" / "2", *log, *token) as service:
+        service.wait_ready()
+        linked = httpx.post(
+            service.url + "/feedback",
+            json={"request_id": "a", "label": "Energy"},
+            headers={"Authorization": "Bearer the operator's other secret"},
+            timeout=10,
+        )
+    assert linked.status_code == 404 and "its token file cannot be read" in linked.json()["error"]["message"]
+
+
 def test_metadata_health_and_openapi(text_service: ServiceProcess) -> None:
     assert httpx.get(text_service.url + "/healthz").json() == {"status": "ok", "pid": text_service.proc.pid}
     ready = httpx.get(text_service.url + "/readyz").json()
