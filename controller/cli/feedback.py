@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli import report
-from controller.core import drift, quality
-from controller.core.facts import Facts
 from controller.drivers import host, predictions, registry
 from controller.errors import Refused, UsageError
+from controller.run import live
 from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
 
@@ -70,50 +69,7 @@ def retrain(args: argparse.Namespace, settings: ControllerSettings, deployment: 
 
 def readings(settings: ControllerSettings, deployment: Deployment, hours: float | None) -> dict[str, Any]:
     since = time.time() - hours * 3600 if hours else 0.0
-    alpha = settings.quality_alpha
-    found = quality.read(predictions.quality(settings, since), alpha)
-    facts = deployment.store.load()
-    versions = [
-        {**r.quality.__dict__, "accuracy": r.quality.accuracy, "interval": r.interval, "words": r.words(1 - alpha)}
-        for r in found
-    ]
-    compared = None
-    live, staged = facts.slot(facts.active), facts.slot(facts.staged)
-    if live is not None and staged is not None:
-        pair = quality.paired(
-            predictions.paired(settings, (staged.version, staged.color), (live.version, live.color), since), alpha
-        )
-        compared = {
-            "candidate": staged.version,
-            "live": live.version,
-            "pairs": pair.pairs,
-            "difference": pair.difference,
-            "interval": pair.interval,
-            "words": pair.words(1 - alpha),
-        }
-    return {"confidence": 1 - alpha, "versions": versions, "paired": compared, "drift": _drift(settings, facts, since)}
-
-
-def _drift(settings: ControllerSettings, facts: Facts, since: float) -> dict[str, Any] | None:
-    """The live version's inputs and predictions against its training data (None before any answer)."""
-    live = facts.slot(facts.active)
-    if live is None or facts.name is None:
-        return None
-    manifest = registry.manifest(settings.models_dir, facts.name, live.version, settings.trust())
-    profile = (manifest.input_profile or {}).get("length")
-    found = predictions.inputs(settings, live.version, tuple(profile) if profile else None, since)
-    if found is None or not found.answered:
-        return None
-    reading = drift.read(
-        live.version,
-        found,
-        manifest.dataset.label_counts,
-        alpha=settings.quality_alpha,
-        max_outside=settings.drift_max_outside,
-        max_label_shift=settings.drift_max_label_shift,
-        min_answers=settings.drift_min_answers,
-    )
-    return {**reading.__dict__, "words": reading.words()}
+    return live.report(settings, deployment.store.load(), since)
 
 
 def print_quality(data: dict[str, Any]) -> None:

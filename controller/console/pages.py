@@ -16,6 +16,7 @@ from controller.core import evidence
 from controller.drivers import registry
 from controller.drivers.probes import HttpProbes
 from controller.errors import UsageError
+from controller.run import live
 from controller.run.checks import gate
 from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
@@ -71,9 +72,12 @@ def describe(manifest: Manifest | None) -> dict[str, Any]:
 
 
 def overview(settings: ControllerSettings) -> dict[str, Any]:
-    status = deployment(settings).status()
+    driven = deployment(settings)
+    status = driven.status()
     for slot in status["slots"]:
         slot["about"] = describe(manifest(settings, status["name"], slot["version"]))
+    if status["slots"]:
+        status["quality"] = live.report(settings, driven.store.load())
     return status
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from controller.drivers import host
-from support import ROOT, ROUTERS, Release
+from support import ROOT, ROUTERS, Release, cli, free_port
 
 with (ROOT / "data" / "sample" / "companies.csv").open() as _fh:
     ALL_ROWS = [(row["description"], row["sector"]) for row in csv.DictReader(_fh)]
@@ -133,6 +134,16 @@ def test_answers_are_logged_labels_come_back_and_live_accuracy_is_what_they_say(
     assert lo <= expected / 80 <= hi
     assert release.status()["quality"]["versions"][0]["correct"] == expected
     assert f"quality: v1 (blue): accuracy {expected / 80:.3f}" in release("status").stdout
+    # ... and on the console's overview, for the person who decides
+    assert cli(release, "users", "add", "bo", "--role", "viewer", stdin="a long enough password\n").returncode == 0
+    console = free_port()
+    release("up", "sample", "1", "--console", str(console))
+    with httpx.Client(base_url=f"http://127.0.0.1:{console}", timeout=30) as browser:
+        token = re.search(r'name="token" value="([^"]+)"', browser.get("/login").text)
+        assert token is not None
+        browser.post("/login", data={"token": token.group(1), "user": "bo", "password": "a long enough password"})
+        page = browser.get("/").text
+    assert "own requests</h2>" in page and f"accuracy {expected / 80:.3f}" in page
 
 
 @pytest.mark.parametrize("release", ["builtin"], indirect=True)
