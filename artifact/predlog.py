@@ -23,6 +23,7 @@ import os
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +52,18 @@ class FeedbackRefused(ValueError):
     """Feedback that is refused whole: nothing of it was stored."""
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating it owner-only) the log at ``path``; a link or another user's file is refused."""
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating it owner-only) the log at ``path``; a link or another user's file is refused.
+    ``readonly``: only read an existing log (a reader must work on a read-only or full disk)."""
+    if not readonly:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     info = os.lstat(path)
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
         raise PermissionError(f"{path} is not a file of this user's (a link, or someone else's): refusing to use it")
+    if readonly:
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -15,7 +15,7 @@ from typing import Any
 
 from controller.cli import report
 from controller.drivers import host, predictions, registry
-from controller.errors import Refused, UsageError
+from controller.errors import Refused, StateError, UsageError
 from controller.run import live
 from controller.run.deployment import Deployment
 from controller.settings import ControllerSettings
@@ -69,7 +69,11 @@ def retrain(args: argparse.Namespace, settings: ControllerSettings, deployment: 
 
 def readings(settings: ControllerSettings, deployment: Deployment, hours: float | None) -> dict[str, Any]:
     since = time.time() - hours * 3600 if hours else 0.0
-    return live.report(settings, deployment.store.load(), since)
+    try:
+        facts = deployment.store.load()
+    except StateError as exc:  # status still reports what runs; the quality says why it is missing
+        return live.unreadable(settings, str(exc))
+    return live.report(settings, facts, since)
 
 
 def print_quality(data: dict[str, Any]) -> None:

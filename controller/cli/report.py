@@ -20,6 +20,8 @@ def _short(handle: str) -> str:
 
 def print_quality(quality: dict[str, Any]) -> None:
     """Each version's live accuracy (``release quality``, and the end of ``status``)."""
+    if quality.get("problem"):
+        print(f"quality: {quality['problem']}")
     for version in quality["versions"]:
         print(f"quality: {version['words']}")
     if quality["paired"]:

@@ -76,7 +76,7 @@ def overview(settings: ControllerSettings) -> dict[str, Any]:
     status = driven.status()
     for slot in status["slots"]:
         slot["about"] = describe(manifest(settings, status["name"], slot["version"]))
-    if status["slots"]:
+    if status["slots"] and not status.get("state_problem"):
         status["quality"] = live.report(settings, driven.store.load())
     return status
 

@@ -9,14 +9,16 @@ import csv
 import io
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from artifact import predlog
 from artifact.safeio import UnsafeFile, read_capped, write_private
 from controller.errors import NeedsOperator, UsageError
 from controller.settings import ControllerSettings
 
+T = TypeVar("T")
 LOG = "predictions.sqlite"
 TOKEN = "feedback.token"
 MAX_CSV_BYTES = 200 * 1024 * 1024
@@ -61,9 +63,9 @@ def instance_args(settings: ControllerSettings, color: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def opened(settings: ControllerSettings) -> Iterator[sqlite3.Connection]:
+def opened(settings: ControllerSettings, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
     try:
-        conn = predlog.connect(path(settings))
+        conn = predlog.connect(path(settings), readonly=readonly)
     except (OSError, sqlite3.Error) as exc:
         raise NeedsOperator(f"the prediction log {path(settings)} cannot be opened: {exc}") from None
     try:
@@ -110,8 +112,8 @@ def store(settings: ControllerSettings, pairs: list[tuple[str, str]], known: set
 def quality(settings: ControllerSettings, since: float = 0.0) -> list[predlog.Quality]:
     if not path(settings).exists():
         return []
-    with opened(settings) as conn:
-        return predlog.quality(conn, since)
+    with opened(settings, readonly=True) as conn:
+        return _read(settings, lambda: predlog.quality(conn, since))
 
 
 def inputs(
@@ -119,8 +121,8 @@ def inputs(
 ) -> predlog.Inputs | None:
     if not path(settings).exists():
         return None
-    with opened(settings) as conn:
-        return predlog.inputs(conn, version, length, since)
+    with opened(settings, readonly=True) as conn:
+        return _read(settings, lambda: predlog.inputs(conn, version, length, since))
 
 
 def paired(
@@ -128,5 +130,12 @@ def paired(
 ) -> list[tuple[bool, bool]]:
     if not path(settings).exists():
         return []
-    with opened(settings) as conn:
-        return predlog.paired(conn, candidate, live, since)
+    with opened(settings, readonly=True) as conn:
+        return _read(settings, lambda: predlog.paired(conn, candidate, live, since))
+
+
+def _read(settings: ControllerSettings, query: Callable[[], T]) -> T:
+    try:
+        return query()
+    except sqlite3.Error as exc:
+        raise NeedsOperator(f"the prediction log {path(settings)} cannot be read: {exc}") from None

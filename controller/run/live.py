@@ -9,12 +9,28 @@ from typing import Any
 from controller.core import drift, quality
 from controller.core.facts import Facts
 from controller.drivers import predictions, registry
+from controller.errors import NeedsOperator, UsageError
 from controller.settings import ControllerSettings
 
 
 def report(settings: ControllerSettings, facts: Facts, since: float = 0.0) -> dict[str, Any]:
     """Each version's live accuracy since ``since``, the staged candidate against live on the same
-    labelled requests, and the live version's drift: what ``quality``, ``status`` and the console show."""
+    labelled requests, and the live version's drift: what ``quality``, ``status`` and the console show.
+    A log that cannot be read (a read-only or full disk, a damaged file) is said, never a failure of
+    the command that asked."""
+    try:
+        return _report(settings, facts, since)
+    except (NeedsOperator, UsageError) as exc:
+        return unreadable(settings, str(exc))
+
+
+def unreadable(settings: ControllerSettings, problem: str) -> dict[str, Any]:
+    """The report when the log (or the state that says which versions run) cannot be read."""
+    empty = {"confidence": 1 - settings.quality_alpha, "versions": [], "paired": None, "drift": None}
+    return empty | {"problem": problem}
+
+
+def _report(settings: ControllerSettings, facts: Facts, since: float) -> dict[str, Any]:
     alpha = settings.quality_alpha
     found = quality.read(predictions.quality(settings, since), alpha)
     versions = [
